@@ -1,0 +1,42 @@
+"""Errors raised by the Raft core and its storage."""
+
+from __future__ import annotations
+
+import enum
+
+from spindle.kv.raft.types import NONE, NodeId
+
+
+class RaftError(Exception):
+    """Base of every error the Raft core raises."""
+
+
+class DropReason(enum.Enum):
+    NO_LEADER = "no leader known"
+    NOT_LEADER = "this node is not the leader"
+    TRANSFERRING_LEADERSHIP = "leadership transfer in progress"
+    CONF_CHANGE_PENDING = "a membership change is already pending"
+    NOT_A_MEMBER = "this node is not a voter of the group"
+    TOO_LARGE = "proposal exceeds MAX_PROPOSAL_BYTES"
+    INVALID_CONF_CHANGE = "membership change is not valid for the current config"
+
+
+class ProposalDropped(RaftError):
+    """The proposal was not appended to the log; the caller may retry (at ``leader_id``)."""
+
+    def __init__(self, reason: DropReason, leader_id: NodeId = NONE) -> None:
+        super().__init__(f"proposal dropped: {reason.value} (leader hint: {leader_id})")
+        self.reason = reason
+        self.leader_id = leader_id
+
+
+class CompactedError(RaftError):
+    """The requested index precedes the storage's first index (it is in a snapshot)."""
+
+
+class UnavailableError(RaftError):
+    """The requested index is beyond the storage's last index."""
+
+
+class SnapshotOutOfDateError(RaftError):
+    """A snapshot older than the one already held was offered."""
