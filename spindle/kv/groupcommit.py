@@ -1,0 +1,98 @@
+"""Group commit: many requests' writes, one fsync.
+
+Writes reach the engine unsynced and are counted. Whoever needs durability asks for a
+future that resolves once everything written so far is synced. One fsync runs at a time,
+in a worker thread; the writes that arrive while it runs form the next group. A group is
+thus bounded by the requests in flight (connections x
+`limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX`), never by a timer: an idle node syncs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from spindle.kv.errors import SpindleError
+from spindle.kv.storage import Engine, WriteBatch
+
+
+class GroupCommitter:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.written_seq = 0
+        self.durable_seq = 0
+        self.syncs = 0
+        self._waiters: deque[tuple[int, asyncio.Future[Any], Any]] = deque()
+        self._syncing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._failure: BaseException | None = None
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply a batch unsynced; `after_durable` later waits for it."""
+        self.engine.write(batch)
+        self.written_seq += 1
+
+    @property
+    def dirty(self) -> bool:
+        return self.written_seq > self.durable_seq
+
+    def after_durable(self, value: Any) -> asyncio.Future[Any]:
+        """A future resolving to `value` (raised, if it is an error) once every write made
+        so far is durable."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._failure is not None:
+            future.set_exception(SpindleError(f"storage failed: {self._failure}"))
+            return future
+        if not self.dirty:
+            _settle(future, value)
+            return future
+        self._waiters.append((self.written_seq, future, value))
+        if not self._syncing:
+            self._start_sync()
+        return future
+
+    def _start_sync(self) -> None:
+        self._syncing = True
+        target = self.written_seq
+        loop = asyncio.get_running_loop()
+        task = loop.run_in_executor(self._executor, self.engine.sync)
+        task.add_done_callback(lambda done: self._synced(done, target))
+
+    def _synced(self, done: asyncio.Future[None], target: int) -> None:
+        self._syncing = False
+        self.syncs += 1
+        error = done.exception()
+        if error is not None:
+            # A failed fsync leaves the durable state unknown: refuse from here on rather
+            # than acknowledge writes that may be lost.
+            self._failure = error
+            while self._waiters:
+                _, future, _ = self._waiters.popleft()
+                if not future.done():
+                    future.set_exception(SpindleError(f"storage failed: {error}"))
+            return
+        self.durable_seq = max(self.durable_seq, target)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= target:
+            _, future, value = waiters.popleft()
+            if not future.done():
+                _settle(future, value)
+        if waiters:
+            self._start_sync()
+
+    async def drain(self) -> None:
+        """Wait until every write so far is durable (used at shutdown)."""
+        if self.dirty:
+            await self.after_durable(None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)

@@ -1,0 +1,64 @@
+"""One replica of one shard: its log, its state machine, and the data API's semantics.
+
+Every write is an `Entry` proposed to the shard's log; the log orders it, the state machine
+applies it, and the caller learns the result once the entry is durable. Part 1 uses
+`LocalLog`, a single-replica log that commits on proposal; a Raft log replaces it without
+changing this module's callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from spindle.kv.commands import Entry
+from spindle.kv.errors import SpindleError
+from spindle.kv.groupcommit import GroupCommitter
+from spindle.kv.shardmap import KeyspaceInfo, ShardInfo
+from spindle.kv.statemachine import ShardState
+
+
+class ShardLog(Protocol):
+    def propose(self, entry: Entry) -> asyncio.Future[Any]:
+        """Order `entry`; the future resolves to (log index, result) once the entry is
+        committed, applied and durable, or raises the error it failed with."""
+        ...
+
+
+class LocalLog:
+    """The trivial log of a single replica: an entry commits the moment it is proposed.
+
+    It applies the entry at once (the write is visible to later entries immediately) and
+    answers only after the group commit made it durable. The applied index persisted with
+    each entry is the log's only state, so there is nothing to replay after a crash.
+    """
+
+    def __init__(self, state: ShardState, committer: GroupCommitter) -> None:
+        self.state = state
+        self.committer = committer
+
+    def propose(self, entry: Entry) -> asyncio.Future[Any]:
+        index = self.state.applied_index + 1
+        result = self.state.apply(index, entry)
+        if isinstance(result, SpindleError):
+            return self.committer.after_durable(result)
+        return self.committer.after_durable((index, result))
+
+
+class Shard:
+    """A shard replica hosted by a node."""
+
+    def __init__(
+        self, keyspace: KeyspaceInfo, info: ShardInfo, state: ShardState, log: ShardLog
+    ) -> None:
+        self.keyspace = keyspace
+        self.info = info
+        self.state = state
+        self.log = log
+
+    @property
+    def shard_id(self) -> int:
+        return self.info.shard_id
+
+    def propose(self, entry: Entry) -> asyncio.Future[Any]:
+        return self.log.propose(entry)
