@@ -34,7 +34,13 @@ from spindle.kv.errors import (
     WrongShard,
 )
 from spindle.kv.groupcommit import GroupCommitter
-from spindle.kv.keys import CATALOG_KEY, keyspace_prefix, prefix_end, split_ttl_key
+from spindle.kv.keys import (
+    CATALOG_KEY,
+    HASH_PREFIX_BYTES,
+    keyspace_prefix,
+    prefix_end,
+    split_ttl_key,
+)
 from spindle.kv.shard import LocalLog, Shard
 from spindle.kv.shardmap import (
     DEFAULT_KEYSPACE,
@@ -141,7 +147,13 @@ class Node:
         self.committer.write(batch)
 
     def _open_shard(self, keyspace: KeyspaceInfo, info: ShardInfo) -> None:
-        state = ShardState(self.engine, keyspace.keyspace_id, info.shard_id, self.committer.write)
+        state = ShardState(
+            self.engine,
+            keyspace.keyspace_id,
+            info.shard_id,
+            self.committer.write,
+            key_offset=HASH_PREFIX_BYTES if keyspace.partitioning is Partitioning.HASH else 0,
+        )
         self.shards[info.shard_id] = Shard(keyspace, info, state, LocalLog(state, self.committer))
 
     async def close(self) -> None:

@@ -53,12 +53,16 @@ class ShardState:
         keyspace_id: int,
         shard_id: int,
         write: Callable[[WriteBatch], None],
+        *,
+        key_offset: int = 0,
     ) -> None:
         self.engine = engine
         self.keyspace_id = keyspace_id
         self.shard_id = shard_id
         self.prefix = keyspace_prefix(keyspace_id)
         self._write = write
+        self.key_offset = key_offset
+        """Bytes of hash prefix in front of user keys; error messages show user keys."""
         self._applied_key = applied_key(shard_id)
         raw = engine.get(CF.META, self._applied_key)
         self.applied_index = 0 if raw is None else decode_u64(raw)
@@ -132,14 +136,16 @@ class ShardState:
             found = current(key)
             found_version = found.version if found is not None else 0
             if found_version != seen_version:
+                user_key = key[self.key_offset :]
                 raise Conflict(
-                    f"transaction read {key!r} at version {seen_version}, "
+                    f"transaction read {user_key!r} at version {seen_version}, "
                     f"it is now at version {found_version}",
-                    detail={"key": key, "expected": seen_version, "found": found_version},
+                    detail={"key": user_key, "expected": seen_version, "found": found_version},
                 )
         results: list[OpResult] = []
         for op in command.ops:
             found = current(op.key)
+            user_key = op.key[self.key_offset :]
             found_version = found.version if found is not None else 0
             if_version = getattr(op, "if_version", None)
             if if_version is not None and if_version != found_version:
@@ -150,9 +156,9 @@ class ShardState:
             existed: OpResult = found if command.return_previous else found is not None
             if isinstance(op, PutOp):
                 if op.if_absent and found is not None:
-                    raise Conflict(f"key {op.key!r} exists", detail={"key": op.key})
+                    raise Conflict(f"key {user_key!r} exists", detail={"key": user_key})
                 if op.if_present and found is None:
-                    raise Conflict(f"key {op.key!r} does not exist", detail={"key": op.key})
+                    raise Conflict(f"key {user_key!r} does not exist", detail={"key": user_key})
                 expire = found.expire_at_ms if op.keep_ttl and found else op.expire_at_ms
                 overlay[op.key] = Stored(op.value, index, expire)
                 results.append(existed)

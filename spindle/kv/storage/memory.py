@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from spindle.kv.storage.engine import ALL_CFS, CF
+from spindle.kv.storage.engine import ALL_CFS, CF, WriteBatch
 
 _Op = tuple[str, CF, bytes, bytes]
 
@@ -73,7 +73,8 @@ class MemoryEngine:
     def new_batch(self) -> MemoryBatch:
         return MemoryBatch()
 
-    def write(self, batch: MemoryBatch) -> None:
+    def write(self, batch: WriteBatch) -> None:
+        assert isinstance(batch, MemoryBatch), "a batch from another engine"
         _apply(self._live, batch)
         self._unsynced.append(batch)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import rocksdict
 
-from spindle.kv.storage.engine import ALL_CFS, CF
+from spindle.kv.storage.engine import ALL_CFS, CF, WriteBatch
 
 WRITE_BUFFER_BYTES = 32 * 1024 * 1024
 """Memtable size per column family; bounds unflushed memory together with the count below."""
@@ -81,7 +81,8 @@ class RocksEngine:
     def new_batch(self) -> RocksBatch:
         return RocksBatch(self._handles)
 
-    def write(self, batch: RocksBatch) -> None:
+    def write(self, batch: WriteBatch) -> None:
+        assert isinstance(batch, RocksBatch), "a batch from another engine"
         self._db.write(batch._batch, self._write_opts)
 
     def sync(self) -> None:

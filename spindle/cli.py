@@ -1,0 +1,260 @@
+"""The `spindle` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from spindle.kv.errors import SpindleError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Spindle: a sharded key/value store, async functions and a social service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+kv_app = typer.Typer(help="Read and write keys.", no_args_is_help=True)
+keyspace_app = typer.Typer(help="Create and list keyspaces.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks (not tests): measured numbers for docs/.", no_args_is_help=True
+)
+app.add_typer(kv_app, name="kv")
+app.add_typer(keyspace_app, name="keyspace")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+AddrOpt = Annotated[
+    str,
+    typer.Option("--addr", "-a", envvar="SPINDLE_ADDR", help="Node address HOST:PORT."),
+]
+KeyspaceOpt = Annotated[str, typer.Option("--keyspace", "-k", help="Keyspace name.")]
+
+
+def _client(addr: str, keyspace: str = "default") -> Any:
+    from spindle.kv.client import Client
+
+    return Client(addr, keyspace=keyspace, timeout_s=10.0)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run a client action; a Spindle error becomes a one-line message and exit code 1."""
+    try:
+        return action()
+    except SpindleError as error:
+        err_console.print(f"[red]error[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+def _show(raw: bytes) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return repr(raw)
+
+
+@app.command()
+def server(
+    data_dir: Annotated[
+        str, typer.Option(envvar="SPINDLE_DATA_DIR", help="Where the node keeps its data.")
+    ] = "./.spindle",
+    host: Annotated[str, typer.Option(envvar="SPINDLE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SPINDLE_PORT", help="Binary protocol.")] = 7379,
+    http_port: Annotated[
+        int, typer.Option(envvar="SPINDLE_HTTP_PORT", help="HTTP: /health /status /metrics.")
+    ] = 7380,
+) -> None:
+    """Run a storage node in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
+    import logging
+
+    from spindle.kv.run import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    def ready(srv: Any) -> None:
+        addr = f"{srv.host}:{srv.port}"
+        console.print(f"[bold]spindle node[/bold] data in {os.path.abspath(data_dir)}")
+        console.print(f"  binary protocol  {addr}")
+        console.print(f"  http             http://{srv.host}:{srv.http_port}/status")
+        console.print("try, in another terminal:")
+        console.print(f"  .venv/bin/spindle kv put hello world --addr {addr}")
+        console.print(f"  .venv/bin/spindle kv get hello --addr {addr}")
+        console.print(f"  .venv/bin/spindle status --addr {addr}")
+        console.print("Ctrl-C stops the node.", highlight=False)
+        sys.stdout.flush()
+
+    run(data_dir, host, port, http_port, on_ready=ready)
+    console.print("stopped cleanly")
+
+
+@kv_app.command("get")
+def kv_get(key: str, addr: AddrOpt = "127.0.0.1:7379", keyspace: KeyspaceOpt = "default") -> None:
+    """Print the value of KEY (exit code 2 if absent)."""
+    with _client(addr, keyspace) as kv:
+        item = _guard(lambda: kv.get_item(key.encode()))
+    if item is None:
+        err_console.print("(absent)")
+        raise typer.Exit(2)
+    console.print(_show(item.value), highlight=False, soft_wrap=True)
+
+
+@kv_app.command("put")
+def kv_put(
+    key: str,
+    value: str,
+    addr: AddrOpt = "127.0.0.1:7379",
+    keyspace: KeyspaceOpt = "default",
+    ttl_ms: Annotated[int | None, typer.Option(help="Time to live in milliseconds.")] = None,
+    if_absent: Annotated[bool, typer.Option(help="Only if the key does not exist.")] = False,
+    if_version: Annotated[int | None, typer.Option(help="Only if at this version.")] = None,
+) -> None:
+    """Write VALUE at KEY; prints the new version."""
+    with _client(addr, keyspace) as kv:
+        version = _guard(
+            lambda: kv.put(
+                key.encode(),
+                value.encode(),
+                ttl_ms=ttl_ms,
+                if_absent=if_absent,
+                if_version=if_version,
+            )
+        )
+    console.print(f"version {version}")
+
+
+@kv_app.command("delete")
+def kv_delete(
+    key: str, addr: AddrOpt = "127.0.0.1:7379", keyspace: KeyspaceOpt = "default"
+) -> None:
+    """Delete KEY."""
+    with _client(addr, keyspace) as kv:
+        existed = _guard(lambda: kv.delete(key.encode()))
+    console.print("deleted" if existed else "(absent)")
+
+
+@kv_app.command("scan")
+def kv_scan(
+    addr: AddrOpt = "127.0.0.1:7379",
+    keyspace: KeyspaceOpt = "default",
+    prefix: Annotated[str | None, typer.Option(help="Only keys with this prefix.")] = None,
+    start: Annotated[str | None, typer.Option(help="First key (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last key (exclusive).")] = None,
+    reverse: bool = False,
+    limit: int = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List keys and values."""
+    with _client(addr, keyspace) as kv:
+        items = _guard(
+            lambda: list(
+                kv.scan(
+                    prefix=prefix.encode() if prefix is not None else None,
+                    start=start.encode() if start is not None else None,
+                    end=end.encode() if end is not None else None,
+                    reverse=reverse,
+                    limit=limit,
+                )
+            )
+        )
+    for item in items:
+        if as_json:
+            line = {"key": _show(item.key), "value": _show(item.value), "version": item.version}
+            print(json.dumps(line))
+        else:
+            console.print(f"{_show(item.key)}\t{_show(item.value)}", highlight=False)
+
+
+@keyspace_app.command("create")
+def keyspace_create(
+    name: str,
+    addr: AddrOpt = "127.0.0.1:7379",
+    shards: Annotated[int, typer.Option(help="Initial shard count.")] = 8,
+    partitioning: Annotated[str, typer.Option(help="hash or range.")] = "hash",
+    split_point: Annotated[
+        list[str] | None, typer.Option(help="Explicit split point (range only); repeatable.")
+    ] = None,
+) -> None:
+    """Create a keyspace."""
+    points = [p.encode() for p in split_point] if split_point else None
+    with _client(addr) as kv:
+        summary = _guard(
+            lambda: kv.create_keyspace(
+                name, shards=shards, partitioning=partitioning, split_points=points
+            )
+        )
+    console.print(
+        f"created keyspace {summary.name} ({summary.partitioning}, {summary.shards} shards)"
+    )
+
+
+@keyspace_app.command("list")
+def keyspace_list(addr: AddrOpt = "127.0.0.1:7379") -> None:
+    """List keyspaces."""
+    with _client(addr) as kv:
+        found = _guard(kv.list_keyspaces)
+    table = Table("name", "id", "partitioning", "shards", "epoch")
+    for ks in found:
+        table.add_row(ks.name, str(ks.keyspace_id), ks.partitioning, str(ks.shards), str(ks.epoch))
+    console.print(table)
+
+
+@app.command()
+def status(
+    addr: AddrOpt = "127.0.0.1:7379",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a node's state: keyspaces, shards, counters."""
+    with _client(addr) as kv:
+        info = _guard(kv.status)
+    if as_json:
+        print(json.dumps(msgspec.to_builtins(info), indent=2))
+        return
+    console.print(
+        f"node {info['node_id']}  up {info['uptime_s']:.0f}s  "
+        f"catalog epoch {info['catalog_epoch']}  engine ~{info['engine_bytes']} bytes  "
+        f"writes {info['writes']}  fsyncs {info['fsyncs']}"
+    )
+    table = Table("keyspace", "tenant", "partitioning", "shards", "epoch", "applied (sum)")
+    for ks in info["keyspaces"]:
+        applied = sum(s["applied_index"] or 0 for s in ks["shard_list"])
+        table.add_row(
+            ks["name"],
+            ks["tenant"],
+            ks["partitioning"],
+            str(ks["shards"]),
+            str(ks["epoch"]),
+            str(applied),
+        )
+    console.print(table)
+
+
+@bench_app.command("kv")
+def bench_kv(
+    seconds: Annotated[float, typer.Option(help="Duration of each measured cell.")] = 2.0,
+    output: Annotated[str, typer.Option(help="Where to write the JSON results.")] = (
+        "bench-results/kv.json"
+    ),
+    quick: Annotated[bool, typer.Option(help="Fewer cells, for a smoke run.")] = False,
+) -> None:
+    """Benchmark a node (get, durable put, scan, mixed) against raw rocksdict."""
+    from spindle.bench.kv import main as bench_main
+
+    bench_main(seconds=seconds, output=output, quick=quick)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

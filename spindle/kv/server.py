@@ -1,0 +1,350 @@
+"""The node's network shell: the binary protocol on asyncio (uvloop), plus a small HTTP
+endpoint for health, status and Prometheus metrics.
+
+Nothing clever happens here: frames are cut, decoded and handed to `Node.execute`; results
+(or their futures) are encoded and written back. Responses produced in one event-loop turn
+share one socket write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import typing
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+
+from spindle.kv import limits
+from spindle.kv import protocol as p
+from spindle.kv.errors import (
+    ErrorCode,
+    Internal,
+    InvalidArgument,
+    MalformedFrame,
+    SpindleError,
+    TooLarge,
+    UnknownOperation,
+)
+from spindle.kv.node import Node
+from spindle.kv.shardmap import DEFAULT_TENANT
+
+log = logging.getLogger("spindle.server")
+
+HTTP_REQUEST_BYTES_MAX = 8 * 1024
+"""Largest HTTP request head the status endpoint reads."""
+SHUTDOWN_GRACE_S = 10.0
+"""How long a graceful shutdown waits for in-flight requests."""
+
+_request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
+_generic_decoder = msgspec.msgpack.Decoder()
+_encoder = msgspec.msgpack.Encoder()
+_HEADER = p.FRAME_HEADER
+
+
+class ServerStats:
+    def __init__(self) -> None:
+        self.connections_open = 0
+        self.connections_total = 0
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.started_at = time.time()
+
+
+class NodeProtocol(asyncio.Protocol):
+    """One client connection: pipelined requests, responses in completion order."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        self.node = server.node
+        self.stats = server.stats
+        self.tenant = DEFAULT_TENANT
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._inflight = 0
+        self._paused = False
+        self._closing = False
+
+    # -- asyncio callbacks ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self.stats.connections_open += 1
+        self.stats.connections_total += 1
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stats.connections_open -= 1
+        self.server.connections.discard(self)
+        self._closing = True
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        size = len(buffer)
+        while size - offset >= 4:
+            (length,) = _HEADER.unpack_from(buffer, offset)
+            if length > limits.FRAME_BYTES_MAX:
+                self._fail_framing(length)
+                return
+            end = offset + 4 + length
+            if end > size:
+                break
+            self._handle(bytes(buffer[offset + 4 : end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        self._flush()
+        if self._inflight >= limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX and not self._paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._paused = True
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _handle(self, body: bytes) -> None:
+        try:
+            request = _request_decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            self._reply_bad_request(body, error)
+            return
+        op = type(request).__struct_config__.tag
+        self.stats.requests[str(op)] += 1
+        try:
+            result = self.node.execute(self.tenant, request)
+        except SpindleError as error:
+            self._reply_error(request.id, error)
+            return
+        except Exception as error:  # a bug: report it, keep serving
+            log.exception("request %r failed", op)
+            self._reply_error(request.id, Internal(f"{type(error).__name__}: {error}"))
+            return
+        if isinstance(result, Coroutine):
+            result = asyncio.ensure_future(result)
+        if isinstance(result, asyncio.Future):
+            self._inflight += 1
+            request_id = request.id
+            result.add_done_callback(lambda done: self._completed(request_id, done))
+        else:
+            self._reply(request.id, result)
+
+    def _completed(self, request_id: int, done: asyncio.Future[Any]) -> None:
+        self._inflight -= 1
+        if done.cancelled():
+            self._reply_error(request_id, Internal("request cancelled (server shutting down)"))
+        else:
+            error = done.exception()
+            if error is None:
+                self._reply(request_id, done.result())
+            elif isinstance(error, SpindleError):
+                self._reply_error(request_id, error)
+            else:
+                log.error("request %d failed", request_id, exc_info=error)
+                self._reply_error(request_id, Internal(f"{type(error).__name__}: {error}"))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if (
+            self._paused
+            and self._inflight < limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX // 2
+            and self.transport is not None
+            and not self._closing
+        ):
+            self._paused = False
+            self.transport.resume_reading()
+        if self._inflight == 0:
+            self.server.idle.set()
+
+    def _reply(self, request_id: int, result: Any) -> None:
+        try:
+            body = _encoder.encode(p.Response(request_id, result))
+        except (TypeError, msgspec.EncodeError) as error:
+            body = _encoder.encode(_error_response(request_id, Internal(f"encode: {error}")))
+        self._out.append(_HEADER.pack(len(body)) + body)
+
+    def _reply_error(self, request_id: int, error: SpindleError) -> None:
+        self.stats.errors[error.code.value] += 1
+        body = _encoder.encode(_error_response(request_id, error))
+        self._out.append(_HEADER.pack(len(body)) + body)
+
+    def _reply_bad_request(self, body: bytes, error: Exception) -> None:
+        """The frame was intact but its body was not a valid request: answer with the
+        request id when one can be found, so the client can match the error."""
+        try:
+            generic = _generic_decoder.decode(body)
+        except msgspec.DecodeError:
+            self._reply_error(0, MalformedFrame(f"frame body is not msgpack: {error}"))
+            return
+        request_id = 0
+        if isinstance(generic, dict):
+            raw_id = generic.get("id")
+            if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+                request_id = raw_id
+            op = generic.get("op")
+            if not isinstance(op, str) or op not in p.OPERATIONS:
+                known = ", ".join(sorted(p.OPERATIONS))
+                self._reply_error(
+                    request_id, UnknownOperation(f"unknown operation {op!r}; known: {known}")
+                )
+                return
+        else:
+            self._reply_error(0, InvalidArgument("a request is a msgpack map"))
+            return
+        self._reply_error(request_id, InvalidArgument(f"invalid request: {error}"))
+
+    def _fail_framing(self, length: int) -> None:
+        """A declared length beyond the limit: the stream cannot be trusted any more."""
+        self._reply_error(
+            0,
+            TooLarge(
+                f"frame of {length} bytes exceeds the limit of {limits.FRAME_BYTES_MAX}; "
+                "closing the connection"
+            ),
+        )
+        self._flush()
+        self._buffer.clear()
+        assert self.transport is not None
+        self.transport.close()
+        self._closing = True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def stop_reading(self) -> None:
+        if self.transport is not None and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+            self._closing = True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+
+def _error_response(request_id: int, error: SpindleError) -> p.Response:
+    return p.Response(request_id, None, p.ErrorBody(error.code.value, error.message, error.detail))
+
+
+class NodeServer:
+    """Serves one node on a binary-protocol port and an HTTP port."""
+
+    def __init__(self, node: Node, host: str, port: int, http_port: int | None) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self.stats = ServerStats()
+        self.connections: set[NodeProtocol] = set()
+        self.idle = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._http: asyncio.Server | None = None
+        self._purger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: NodeProtocol(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        if self.http_port is not None:
+            self._http = await asyncio.start_server(
+                self._serve_http, self.host, self.http_port, reuse_address=True
+            )
+            self.http_port = self._http.sockets[0].getsockname()[1]
+        self.node.set_address(self.host, self.port)
+        self._purger = asyncio.create_task(self._purge_loop())
+
+    async def _purge_loop(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.node.purge_expired()
+            except Exception:
+                log.exception("TTL purge pass failed")
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop accepting, let in-flight requests finish, make everything durable."""
+        if self._purger is not None:
+            self._purger.cancel()
+        for server in (self._server, self._http):
+            if server is not None:
+                server.close()
+        for connection in list(self.connections):
+            connection.stop_reading()
+        deadline = time.monotonic() + grace_s
+        while any(c.inflight for c in self.connections) and time.monotonic() < deadline:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        for connection in list(self.connections):
+            connection._flush()
+            if connection.transport is not None:
+                connection.transport.close()
+        await self.node.close()
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+            if len(head) > HTTP_REQUEST_BYTES_MAX:
+                raise ValueError("request head too large")
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            method, path = parts[0].decode(), parts[1].decode().split("?", 1)[0]
+            status, content_type, body = self._http_route(method, path)
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
+            writer.close()
+            return
+        except (ValueError, IndexError, UnicodeDecodeError):
+            status, content_type, body = 400, "text/plain", b"bad request\n"
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def _http_route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method != "GET":
+            return 405, "text/plain", b"only GET\n"
+        if path == "/health":
+            return 200, "application/json", b'{"status": "ok"}\n'
+        if path == "/status":
+            return 200, "application/json", json.dumps(self.status(), indent=2).encode()
+        if path == "/metrics":
+            from spindle.kv.metrics import render_metrics
+
+            return 200, "text/plain; version=0.0.4", render_metrics(self)
+        return 404, "text/plain", b"not found: try /health, /status, /metrics\n"
+
+    def status(self) -> dict[str, Any]:
+        status = self.node.status()
+        status["addresses"] = {
+            "binary": f"{self.host}:{self.port}",
+            "http": f"{self.host}:{self.http_port}" if self.http_port is not None else None,
+        }
+        status["connections_open"] = self.stats.connections_open
+        status["requests"] = dict(self.stats.requests)
+        status["errors"] = dict(self.stats.errors)
+        return status
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+__all__ = ["ErrorCode", "NodeProtocol", "NodeServer"]
