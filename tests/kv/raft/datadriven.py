@@ -310,7 +310,8 @@ class Network:
         return [f"{node.node_id}: first={node.storage.first_index()} snapshot@{index}"]
 
     def _applied_count_at(self, node: Node, index: int) -> int:
-        assert index <= node.raw.status().applied_index, "compact beyond applied"
+        # The harness's state machine is a list, so it can only snapshot at its applied index.
+        assert index == node.raw.status().applied_index, "compact only at the applied index"
         return len(node.applied)
 
     def cmd_process_ready(self, args: list[str], kw: dict[str, str]) -> list[str]:
@@ -394,7 +395,8 @@ class Network:
         node.storage.append(ready.entries)
         if ready.hard_state is not None:
             node.storage.set_hard_state(ready.hard_state)
-        self.in_flight.extend(ready.messages)
+        # A partition loses messages at send time, so nothing crosses it after a heal either.
+        self.in_flight.extend(m for m in ready.messages if (m.src, m.dst) not in self.blocked)
         if ready.snapshot is not None:
             node.applied = msgspec.json.decode(ready.snapshot.data) if ready.snapshot.data else []
             node.conf_state = ready.snapshot.metadata.conf_state
@@ -427,7 +429,10 @@ class Network:
             )
         if ready.committed_entries:
             out.append(f"CommittedEntries: {format_entries(ready.committed_entries)}")
-        out += [format_message(m) for m in ready.messages]
+        out += [
+            format_message(m) + (" (dropped)" if (m.src, m.dst) in self.blocked else "")
+            for m in ready.messages
+        ]
         out += [
             f"ReadState index={r.index} ctx={r.request_ctx.decode()}" for r in ready.read_states
         ]
