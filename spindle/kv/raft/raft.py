@@ -542,7 +542,7 @@ class Raft:
             self._send_snapshot_chunk(m.src, pr)
 
     def _record_lease_ack(self, pr: Progress, m: Message) -> None:
-        if m.sent_tick > pr.acked_sent_tick and m.sent_tick > 0:
+        if m.sent_tick > pr.acked_sent_tick:
             pr.acked_sent_tick = m.sent_tick
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
