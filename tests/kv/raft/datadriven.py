@@ -162,6 +162,7 @@ class Node:
     node_id: int
     raw: RawNode
     storage: MemoryStorage
+    config: Config
     applied: list[str] = dataclasses.field(default_factory=list)
     """The replicated state machine: data of applied normal entries, in order."""
     conf_state: ConfState = dataclasses.field(default_factory=ConfState)
@@ -211,7 +212,7 @@ class Network:
                 snapshot_chunk_bytes=int(kw.get("chunk-bytes", str(1 << 20))),
                 rng=random.Random(node_id),
             )
-            node = Node(node_id, RawNode(config, storage), storage)
+            node = Node(node_id, RawNode(config, storage), storage, config)
             if kw.get("empty") != "true":
                 node.conf_state = conf_state
             self.nodes[node_id] = node
@@ -220,6 +221,29 @@ class Network:
                 f"{node_id}: term={status.term} first={status.first_index} last={status.last_index}"
                 f" voters={list(status.conf_state.voters)}"
                 f" learners={list(status.conf_state.learners)}"
+            )
+        return out
+
+    def cmd_restart(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """Crash and restart: volatile state is lost, the node recovers from its storage.
+
+        The harness's state machine survives (as if durable up to its applied index); a
+        pending Ready is discarded unprocessed, like writes lost in a crash.
+        """
+        out: list[str] = []
+        for node_id in self._ids(args):
+            node = self.nodes[node_id]
+            node.config = dataclasses.replace(
+                node.config,
+                applied_index=node.raw.status().applied_index,
+                rng=random.Random(node_id),
+            )
+            node.raw = RawNode(node.config, node.storage)
+            self.in_flight = [m for m in self.in_flight if m.dst != node_id]
+            s = node.raw.status()
+            out.append(
+                f"{node_id}: term={s.term} vote={s.vote} commit={s.commit_index}"
+                f" last={s.last_index}"
             )
         return out
 
