@@ -44,7 +44,7 @@ KeyspaceOpt = Annotated[str, typer.Option("--keyspace", "-k", help="Keyspace nam
 def _client(addr: str, keyspace: str = "default") -> Any:
     from spindle.kv.client import Client
 
-    return Client(addr, keyspace=keyspace, timeout_s=10.0)
+    return _guard(lambda: Client(addr, keyspace=keyspace, timeout_s=10.0))
 
 
 def _guard(action: Callable[[], T]) -> T:
