@@ -37,6 +37,12 @@ log = logging.getLogger("spindle.server")
 
 HTTP_REQUEST_BYTES_MAX = 8 * 1024
 """Largest HTTP request head the status endpoint reads."""
+WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
+"""Responses queued for a client that does not read them: beyond this the server stops
+reading that client's requests until the buffer drains below the low mark."""
+WRITE_BUFFER_LOW_BYTES = 1024 * 1024
+FLUSH_BYTES = 256 * 1024
+"""Responses gathered before a socket write within one batch of requests."""
 SHUTDOWN_GRACE_S = 10.0
 """How long a graceful shutdown waits for in-flight requests."""
 
@@ -66,15 +72,18 @@ class NodeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
         self._inflight = 0
         self._paused = False
+        self._write_paused = False
         self._closing = False
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
         self.stats.connections_open += 1
         self.stats.connections_total += 1
         self.server.connections.add(self)
@@ -84,12 +93,35 @@ class NodeProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         self._closing = True
 
+    def pause_writing(self) -> None:
+        """The client is not reading its responses: stop taking its requests."""
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._process()
+
     def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._process()
+
+    def _can_take_requests(self) -> bool:
+        return (
+            not self._write_paused
+            and not self._closing
+            and self._inflight < limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX
+        )
+
+    def _process(self) -> None:
+        """Handle the complete frames buffered, while responses drain and requests in
+        flight stay under the bound. What is left waits in the buffer (at most one read
+        chunk plus one partial frame) with socket reading paused: this is what bounds a
+        connection's memory."""
         buffer = self._buffer
-        buffer += data
         offset = 0
         size = len(buffer)
-        while size - offset >= 4:
+        while size - offset >= 4 and self._can_take_requests():
             (length,) = _HEADER.unpack_from(buffer, offset)
             if length > limits.FRAME_BYTES_MAX:
                 self._fail_framing(length)
@@ -99,13 +131,23 @@ class NodeProtocol(asyncio.Protocol):
                 break
             self._handle(bytes(buffer[offset + 4 : end]))
             offset = end
+            if self._out_bytes >= FLUSH_BYTES:
+                self._flush()  # may call pause_writing, which ends the loop
         if offset:
             del buffer[:offset]
         self._flush()
-        if self._inflight >= limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX and not self._paused:
-            assert self.transport is not None
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        if self.transport is None or self._closing:
+            return
+        pause = not self._can_take_requests()
+        if pause and not self._paused:
             self.transport.pause_reading()
             self._paused = True
+        elif not pause and self._paused:
+            self.transport.resume_reading()
+            self._paused = False
 
     # -- requests -------------------------------------------------------------------------
 
@@ -154,11 +196,9 @@ class NodeProtocol(asyncio.Protocol):
         if (
             self._paused
             and self._inflight < limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX // 2
-            and self.transport is not None
-            and not self._closing
+            and not self._write_paused
         ):
-            self._paused = False
-            self.transport.resume_reading()
+            self._process()
         if self._inflight == 0:
             self.server.idle.set()
 
@@ -168,11 +208,13 @@ class NodeProtocol(asyncio.Protocol):
         except (TypeError, msgspec.EncodeError) as error:
             body = _encoder.encode(_error_response(request_id, Internal(f"encode: {error}")))
         self._out.append(_HEADER.pack(len(body)) + body)
+        self._out_bytes += len(body)
 
     def _reply_error(self, request_id: int, error: SpindleError) -> None:
         self.stats.errors[error.code.value] += 1
         body = _encoder.encode(_error_response(request_id, error))
         self._out.append(_HEADER.pack(len(body)) + body)
+        self._out_bytes += len(body)
 
     def _reply_bad_request(self, body: bytes, error: Exception) -> None:
         """The frame was intact but its body was not a valid request: answer with the
@@ -219,6 +261,7 @@ class NodeProtocol(asyncio.Protocol):
         if self._out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self._out))
         self._out.clear()
+        self._out_bytes = 0
 
     def stop_reading(self) -> None:
         if self.transport is not None and not self._paused:

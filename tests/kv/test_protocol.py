@@ -138,3 +138,27 @@ def test_truncated_frame_then_disconnect_is_harmless(server: ThreadServer) -> No
     d.send({"op": "ping", "id": 5})
     assert d.recv()["id"] == 5
     d.close()
+
+
+def test_client_that_does_not_read_is_paused_not_buffered(server: ThreadServer) -> None:
+    from spindle.kv.server import WRITE_BUFFER_HIGH_BYTES
+
+    value_bytes = 512 * 1024
+    c = RawConn(server.address)
+    c.send({"op": "put", "id": 1, "key": b"big", "value": b"v" * value_bytes})
+    assert "error" not in c.recv()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    requests = 200  # 100 MiB of responses if the server buffered them all
+    body = msgspec.msgpack.encode({"op": "get", "id": 2, "key": b"big"})
+    c.sock.sendall((struct.pack(">I", len(body)) + body) * requests)
+    import time
+
+    time.sleep(0.5)
+    (connection,) = list(server.server.connections)
+    assert connection._paused, "reading from a client that does not read must pause"
+    assert connection.transport is not None
+    buffered = connection.transport.get_write_buffer_size()
+    assert buffered <= WRITE_BUFFER_HIGH_BYTES + 2 * value_bytes, buffered
+    received = [c.recv()["id"] for _ in range(requests)]
+    assert received == [2] * requests, "every response arrives once the client reads"
+    c.close()
