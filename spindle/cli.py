@@ -238,6 +238,18 @@ def status(
     console.print(table)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def sim(ctx: typer.Context) -> None:
+    """Deterministic simulation of Raft clusters under faults: `spindle sim --seeds 100
+    --faults all` (see `spindle sim --help`)."""
+    from spindle.sim.runner import main as sim_main
+
+    raise typer.Exit(sim_main(ctx.args))
+
+
 @bench_app.command("kv")
 def bench_kv(
     seconds: Annotated[float, typer.Option(help="Duration of each measured cell.")] = 2.0,
