@@ -142,3 +142,21 @@ async def test_scan_crosses_every_shard(partitioning: str) -> None:
     if partitioning == "range":
         assert seen == keys
     await node.close()
+
+
+async def test_key_of_a_shard_hosted_elsewhere_gets_wrong_shard() -> None:
+    from spindle.kv.errors import WrongShard
+
+    node = Node(MemoryEngine())
+    await node.ensure_default_keyspace()
+    keyspace = node.catalog.keyspace("default", "default")
+    internal = keyspace.internal_key(b"k")
+    moved = keyspace.shard_for(internal).shard_id
+    del node.shards[moved]  # as if the shard had moved to another node
+    with pytest.raises(WrongShard, match=f"shard {moved} is not on node 1") as caught:
+        node.execute("default", p.Get(id=1, key=b"k"))
+    assert caught.value.detail["name"] == "default"
+    with pytest.raises(WrongShard):
+        node.execute("default", p.Put(id=1, key=b"k", value=b"v"))
+    page = node.execute("default", p.Scan(id=1, limit=1000))
+    assert page.cursor is not None, "a scan stops at the shard it cannot serve"
