@@ -508,6 +508,8 @@ class AsyncClient:
                 remaining -= len(page.items)
             if page.cursor is None:
                 return
+            if not page.items and page.cursor == cursor:
+                raise Unavailable(f"scan made no progress at cursor {cursor!r}")
             cursor = page.cursor
 
     async def delete_range(
@@ -698,6 +700,8 @@ class Client:
             yielded += len(page.items)
             if page.cursor is None:
                 return
+            if not page.items and page.cursor == cursor:
+                raise Unavailable(f"scan made no progress at cursor {cursor!r}")
             cursor = page.cursor
 
     def delete_range(self, **options: Any) -> int:
