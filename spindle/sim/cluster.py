@@ -11,10 +11,13 @@ linearizability. Everything random comes from one ``random.Random(seed)``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
 from collections.abc import Callable
+
+import msgspec
 
 from spindle.kv.raft import (
     NONE,
@@ -36,7 +39,7 @@ from spindle.sim.disk import SimDisk
 from spindle.sim.faults import FaultConfig
 from spindle.sim.invariants import Invariants
 from spindle.sim.kv import ClientReply, ClientRequest, KVCommand, KVStateMachine, ReadMode
-from spindle.sim.linearizability import History
+from spindle.sim.linearizability import Event, History
 from spindle.sim.network import Address, SimNetwork
 from spindle.sim.scheduler import Scheduler, Trace
 
@@ -120,6 +123,8 @@ class SimNode:
         self.raw: RawNode | None = None
         self.incarnation = 0
         self.busy = False
+        self.paused = False
+        self.resume_action: Callable[[], None] | None = None
         self.backlog: list[Callable[[], None]] = []
         rng, faults = cluster.rng, cluster.faults
         drift_ppm = 0
@@ -162,6 +167,8 @@ class SimNode:
         self.raw = RawNode(config, storage)
         self.incarnation += 1
         self.busy = False
+        self.paused = False
+        self.resume_action = None
         self.backlog = []
         self.commit_floor = self.raw.hard_state().commit
         self.commit_high = self.commit_floor
@@ -183,6 +190,8 @@ class SimNode:
         self.raw = None
         self.incarnation += 1
         self.busy = False
+        self.paused = False
+        self.resume_action = None
         self.backlog = []
         self.waiters.clear()
         self.read_waiters.clear()
@@ -218,7 +227,7 @@ class SimNode:
 
     def _run_or_defer(self, action: Callable[[], None]) -> None:
         """A replica blocked in fsync processes nothing until the fsync returns."""
-        if self.busy:
+        if self.busy or self.paused:
             self.backlog.append(action)
             return
         action()
@@ -260,7 +269,7 @@ class SimNode:
 
     def pump(self) -> None:
         """Handles Readies until there are none, or an fsync is in flight."""
-        while not self.busy and self.raw is not None and self.raw.has_ready():
+        while not self.busy and not self.paused and self.raw is not None and self.raw.has_ready():
             ready = self.raw.ready()
             self._persist(ready)
             if ready.must_sync:
@@ -276,15 +285,43 @@ class SimNode:
         if incarnation != self.incarnation:
             return  # crashed during the fsync: the Ready is lost with the process
         self.disk.sync()
+        if self.paused:
+            self.resume_action = functools.partial(self._finish_synced, ready)
+            return
+        self._finish_synced(ready)
+
+    def _finish_synced(self, ready: Ready) -> None:
         self.busy = False
         self._finish(ready)
-        # Everything that queued up during the fsync goes in before the next Ready, so it is
-        # persisted and sent as one batch (group commit, as a real Ready loop does).
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        # Everything that queued up during the fsync (or pause) goes in before the next Ready,
+        # so it is persisted and sent as one batch (group commit, as a real Ready loop does).
         backlog, self.backlog = self.backlog, []
         for action in backlog:
             action()
         self.pump()
         self.cluster.check_invariants()
+
+    def pause(self, duration_us: int) -> None:
+        """Stops the process (a GC pause, SIGSTOP): inputs queue, timers fire late."""
+        if self.paused or self.raw is None:
+            return
+        self.paused = True
+        incarnation = self.incarnation
+        self.cluster.scheduler.after(duration_us, functools.partial(self._resume, incarnation))
+
+    def _resume(self, incarnation: int) -> None:
+        if incarnation != self.incarnation or not self.paused:
+            return
+        self.paused = False
+        self.cluster.trace.log(self.cluster.now_us, "n%d   resume", self.node_id)
+        action, self.resume_action = self.resume_action, None
+        if action is not None:
+            action()
+        elif not self.busy:
+            self._drain_backlog()
 
     def _persist(self, ready: Ready) -> None:
         assert self.raw is not None
@@ -387,6 +424,9 @@ class SimNode:
         self.cluster.trace.log(self.cluster.now_us, "n%d   compact to %d", self.node_id, applied)
 
     # -- invariant support -------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.raw is not None and self.raw.soft_state().role is Role.LEADER
 
     def check(self) -> None:
         raw = self.raw
@@ -509,7 +549,10 @@ class SimClient:
         if command is None or command.request_id != request_id:
             return
         self.outstanding = None
-        self.cluster.history.info(self.process, time=self.cluster.now_us)
+        history = self.cluster.history
+        history.info(self.process, time=self.cluster.now_us)
+        if command.op != "get":
+            self.cluster.timed_out[len(history) - 1] = (command.client_id, command.request_id)
         self.process += self.cluster.config.clients  # Jepsen: a fresh process after info
         self.leader_hint = NONE
         self.schedule_next()
@@ -536,6 +579,8 @@ class Cluster:
         self.clients_stop_us = config.duration_us - config.client_timeout_us
         self.crashes = 0
         self.partitions = 0
+        #: History index of each timed-out write's ``info`` -> its (client_id, request_id).
+        self.timed_out: dict[int, tuple[int, int]] = {}
 
     @property
     def now_us(self) -> int:
@@ -555,13 +600,15 @@ class Cluster:
             self.scheduler.after(delay_us, self._inject_fault)
 
     def _inject_fault(self) -> None:
-        choices = [name for name in ("partition", "crash") if self.faults.on(name)]
+        choices = [name for name in ("partition", "crash", "pause") if self.faults.on(name)]
         if choices:
             action = self.rng.choice(choices)
             if action == "partition":
                 self._partition()
-            else:
+            elif action == "crash":
                 self._crash_one()
+            else:
+                self._pause_one()
         self._schedule_fault()
 
     def _partition(self) -> None:
@@ -590,12 +637,27 @@ class Cluster:
         down = len(self.node_ids) - len(up)
         if self.faults.crash_minority_only and down + 1 > (len(self.node_ids) - 1) // 2:
             return
-        node = self.nodes[self.rng.choice(up)]
+        leaders = [n for n in up if self.nodes[n].is_leader()]
+        if leaders and self.rng.random() < self.faults.crash_leader_probability:
+            node = self.nodes[leaders[0]]
+        else:
+            node = self.nodes[self.rng.choice(up)]
         node.crash()
         self.crashes += 1
         self.check_durability()
         downtime_us = self.rng.randint(1_000, self.faults.crash_downtime_us_max)
         self.scheduler.after(downtime_us, lambda: self._restart(node))
+
+    def _pause_one(self) -> None:
+        up = [n for n in self.node_ids if self.nodes[n].up]
+        leaders = [n for n in up if self.nodes[n].is_leader()]
+        if leaders and self.rng.random() < self.faults.crash_leader_probability:
+            node = self.nodes[leaders[0]]
+        else:
+            node = self.nodes[self.rng.choice(up)]
+        duration_us = self.rng.randint(1_000, self.faults.pause_us_max)
+        self.trace.log(self.now_us, "fault PAUSE n%d for %dus", node.node_id, duration_us)
+        node.pause(duration_us)
 
     def _restart(self, node: SimNode) -> None:
         if not node.up:
@@ -620,6 +682,25 @@ class Cluster:
         self.invariants.check_durability(
             {node_id: node.disk.durable_storage() for node_id, node in self.nodes.items()}
         )
+
+    def resolved_history(self) -> list[Event]:
+        """The history, with timed-out writes that no replica ever applied marked ``fail``.
+
+        Sound: a command absent from every replica's applied log had no effect on any read
+        by the end of the run, which is exactly what ``fail`` asserts. It keeps the checker
+        from having to consider every unknown write open until the end (exponential).
+        """
+        applied: set[tuple[int, int]] = set()
+        for data in self.invariants.applied_payloads():
+            if data:
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    command = KVCommand.decode(data)
+                    applied.add((command.client_id, command.request_id))
+        events = self.history.events
+        for index, request in self.timed_out.items():
+            if request not in applied:
+                events[index] = dataclasses.replace(events[index], type="fail")
+        return events
 
     # -- running -----------------------------------------------------------------------------
 

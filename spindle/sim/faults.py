@@ -20,6 +20,7 @@ FAULT_NAMES: tuple[str, ...] = (
     "duplicate",  # messages delivered twice
     "partition",  # links cut, symmetrically or in one direction only, then healed
     "crash",  # nodes crash (losing unsynced disk writes) and restart later
+    "pause",  # a process stops (GC pause, SIGSTOP) and resumes with a backlog of input
     "slow-disk",  # fsync latency spikes
     "clock",  # per-node tick-rate drift and phase skew
 )
@@ -37,13 +38,17 @@ class FaultConfig:
     loss_probability: float = 0.05
     duplicate_probability: float = 0.03
     reorder_probability: float = 0.02
-    #: With ``reorder``: a held-back message arrives this much later.
-    reorder_delay_us: int = 60_000
+    #: With ``reorder``: a held-back message arrives up to this much later (long enough to
+    #: outlive an election, so stale-term messages reach new leaders).
+    reorder_delay_us_max: int = 300_000
 
     #: Mean time between fault actions (partition, crash) while the fault phase lasts.
     fault_interval_us: int = 250_000
     partition_duration_us_max: int = 400_000
     crash_downtime_us_max: int = 300_000
+    pause_us_max: int = 400_000
+    #: Share of crashes and pauses aimed at the leader (leader churn is where Raft is subtle).
+    crash_leader_probability: float = 0.5
     #: Simultaneously crashed nodes are limited to a minority, so progress stays possible.
     crash_minority_only: bool = True
 

@@ -124,6 +124,10 @@ class Invariants:
                 f"index {entry.index}, committed term is {committed_term}"
             )
 
+    def applied_payloads(self) -> list[bytes]:
+        """Payloads of every entry applied anywhere, in index order."""
+        return [data for _, (_, data) in sorted(self._applied.items())]
+
     def on_snapshot_installed(self, node_id: NodeId, index: int, term: int) -> None:
         committed_term = self.committed.get(index)
         if committed_term is not None and committed_term != term:

@@ -93,7 +93,9 @@ class SimNetwork:
             if chaos and faults.on("delay"):
                 delay_us += rng.randint(0, faults.max_jitter_us)
             if chaos and faults.on("reorder") and rng.random() < faults.reorder_probability:
-                delay_us += faults.reorder_delay_us
+                delay_us += rng.randint(
+                    faults.reorder_delay_us_max // 4, faults.reorder_delay_us_max
+                )
             self._scheduler.after(delay_us, lambda: self._deliver(src, dst, payload, label))
 
     def _deliver(self, src: Address, dst: Address, payload: object, label: object) -> None:

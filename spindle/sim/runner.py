@@ -101,7 +101,7 @@ def run_seed(
     result = SeedResult(seed=seed, faults=faults.describe(), ok=True)
     try:
         cluster.run()
-        verdict = check(cluster.history, KVModel())
+        verdict = check(cluster.resolved_history(), KVModel())
         if verdict.verdict is Verdict.NOT_LINEARIZABLE:
             result.ok, result.failure_kind = False, "linearizability"
             result.failure = verdict.explanation
