@@ -7,6 +7,7 @@ self-contained command line (``python -m spindle.sim --seeds 100 --faults all``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 import traceback
@@ -22,6 +23,11 @@ __all__ = ["RunReport", "SeedResult", "main", "run", "run_seed"]
 
 #: Trace lines printed with a failure (the full trace is one replay away).
 FAILURE_TRACE_LINES = 150
+#: For a linearizability failure, the trace shown starts this long before the invocation of
+#: the operation that could not be placed.
+LINEARIZABILITY_TRACE_LEAD_US = 50_000
+#: Trace lines kept when replaying a failed seed to show the failure's time window.
+REPLAY_TRACE_LINES_MAX = 2_000_000
 
 
 @dataclasses.dataclass
@@ -55,7 +61,7 @@ class SeedResult:
             [
                 f"seed {self.seed}: FAILED ({self.failure_kind})",
                 self.failure,
-                f"--- last {FAILURE_TRACE_LINES} trace lines ---",
+                "--- trace ---",
                 self.trace_tail,
                 f"--- replay: {self.replay_command()}",
             ]
@@ -99,12 +105,17 @@ def run_seed(
     started = time.perf_counter()
     cluster = Cluster(seed, faults, config, trace)
     result = SeedResult(seed=seed, faults=faults.describe(), ok=True)
+    window_us: tuple[float, float] | None = None
     try:
         cluster.run()
         verdict = check(cluster.resolved_history(), KVModel())
         if verdict.verdict is Verdict.NOT_LINEARIZABLE:
             result.ok, result.failure_kind = False, "linearizability"
             result.failure = verdict.explanation
+            if verdict.unplaced is not None:
+                op = verdict.unplaced
+                end_us = op.return_time if op.return_time is not None else op.call_time
+                window_us = (op.call_time - LINEARIZABILITY_TRACE_LEAD_US, end_us)
         elif verdict.verdict is Verdict.UNKNOWN:
             result.ok, result.failure_kind = False, "unknown"
             result.failure = verdict.explanation
@@ -123,7 +134,30 @@ def run_seed(
     result.wall_s = time.perf_counter() - started
     if not result.ok:
         result.trace_tail = trace.format(last=FAILURE_TRACE_LINES)
+        if window_us is not None and not echo_trace:
+            result.trace_tail = _replay_window(seed, faults, config, window_us)
     return result
+
+
+def _replay_window(
+    seed: int, faults: FaultConfig, config: SimConfig, window_us: tuple[float, float]
+) -> str:
+    """Replays the seed with a full trace and returns the lines inside ``window_us``.
+
+    The operation that could not be linearized usually happened long before the end of the
+    run, so the tail of the bounded trace would not show it; determinism makes the replay
+    show exactly what happened then.
+    """
+    trace = Trace(lines_max=REPLAY_TRACE_LINES_MAX)
+    with contextlib.suppress(Exception):
+        Cluster(seed, faults, config, trace).run()
+    start_us, end_us = window_us
+    lines = [line for time_us, line in trace.timed_lines() if start_us <= time_us <= end_us]
+    if len(lines) > FAILURE_TRACE_LINES:
+        half = FAILURE_TRACE_LINES // 2
+        lines = [*lines[:half], "...", *lines[-half:]]
+    header = f"(replayed: trace from {start_us / 1000:.3f}ms to {end_us / 1000:.3f}ms)"
+    return "\n".join([header, *lines])
 
 
 def run(

@@ -47,6 +47,9 @@ class Trace:
             items = items[-last:]
         return [self._format(t, fmt, args) for t, fmt, args in items]
 
+    def timed_lines(self) -> list[tuple[int, str]]:
+        return [(t, self._format(t, fmt, args)) for t, fmt, args in self._lines]
+
     def format(self, last: int | None = None) -> str:
         head = [f"... ({self.dropped_lines} earlier lines dropped)"] if self.dropped_lines else []
         return "\n".join(head + self.lines(last))

@@ -153,7 +153,7 @@ def test_stale_reads_are_caught_with_replay_command_and_trace(
     text = failure.report()
     assert "Could not place" in text and "Longest linearizable prefix" in text
     assert f"python -m spindle.sim --seed {failure.seed} --faults " in text
-    assert "trace lines" in text
+    assert "(replayed: trace from" in text and "recv" in text
     # main() replays that seed and exits non-zero.
     assert main(["--seed", str(failure.seed), "--faults", failure.faults]) == 1
     assert "FAILED (linearizability)" in capsys.readouterr().out
