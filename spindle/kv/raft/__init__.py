@@ -1,16 +1,21 @@
 """Raft core: a pure state machine with no I/O (etcd-io/raft's design). See rawnode.py."""
 
 from spindle.kv.raft.config import (
+    LEASE_TICK_GRANULARITY_TICKS,
+    MAX_CLOCK_DRIFT_RATIO,
     MAX_INFLIGHT_MSGS,
     MAX_MSG_BYTES,
+    MAX_PENDING_READS,
     SNAPSHOT_CHUNK_BYTES,
     Config,
+    lease_margin_ticks_min,
 )
 from spindle.kv.raft.errors import (
     CompactedError,
     DropReason,
     ProposalDropped,
     RaftError,
+    ReadDropped,
     SnapshotOutOfDateError,
     UnavailableError,
 )
@@ -37,8 +42,11 @@ from spindle.kv.raft.types import (
 )
 
 __all__ = [
+    "LEASE_TICK_GRANULARITY_TICKS",
+    "MAX_CLOCK_DRIFT_RATIO",
     "MAX_INFLIGHT_MSGS",
     "MAX_MSG_BYTES",
+    "MAX_PENDING_READS",
     "NONE",
     "SNAPSHOT_CHUNK_BYTES",
     "CompactedError",
@@ -58,6 +66,7 @@ __all__ = [
     "ProposalDropped",
     "RaftError",
     "RawNode",
+    "ReadDropped",
     "ReadState",
     "Ready",
     "Role",
@@ -68,4 +77,5 @@ __all__ = [
     "Status",
     "Storage",
     "UnavailableError",
+    "lease_margin_ticks_min",
 ]

@@ -4,6 +4,22 @@ Written from the Raft paper (Ongaro & Ousterhout 2014) and Ongaro's thesis (PreV
 leadership transfer §3.10, ReadIndex and leases §6.4, single-server membership changes §4.1).
 Nothing here performs I/O: outgoing messages accumulate in ``msgs`` and read results in
 ``read_states``; ``RawNode`` hands them to the caller in a Ready.
+
+Invariants the core asserts (an AssertionError means a bug here or a broken caller contract):
+
+- Terms never decrease (``_reset``); a replica votes at most once per term
+  (``_handle_vote_request``: the vote can only go from NONE to one candidate).
+- At most one leader per term: a leader never receives APP/HEARTBEAT/SNAP of its own term,
+  and a follower never hears two different leaders in one term (``step``).
+- The commit index never decreases (``RaftLog.commit_to``) nor passes the last index; a
+  committed entry is never overwritten (``RaftLog.append``, ``RaftLog.maybe_append``).
+- A leader commits by counting replicas only entries of its own term (``RaftLog.maybe_commit``).
+- applied <= committed <= last index after every Ready (``check_invariants``); a leader is its
+  own leader and voted for itself.
+- A leader lease is only trusted with check_quorum, after the leader committed an entry of
+  its term, never once it sent TIMEOUT_NOW in the term, and with a margin no smaller than
+  ``lease_margin_ticks_min`` for the configured clock drift (``lease_valid``).
+- Progress: in-flight appends never exceed max_inflight_msgs (``Inflights.add``).
 """
 
 from __future__ import annotations
@@ -13,8 +29,8 @@ import random
 
 import msgspec
 
-from spindle.kv.raft.config import MAX_PENDING_READS, MAX_PROPOSAL_BYTES, Config
-from spindle.kv.raft.errors import DropReason, ProposalDropped
+from spindle.kv.raft.config import MAX_PROPOSAL_BYTES, Config
+from spindle.kv.raft.errors import DropReason, ProposalDropped, ReadDropped
 from spindle.kv.raft.log import RaftLog
 from spindle.kv.raft.progress import (
     Progress,
@@ -83,6 +99,7 @@ class Raft:
         self.role = Role.FOLLOWER
         self.msgs: list[Message] = []
         self.read_states: list[ReadState] = []
+        self.dropped_reads: list[bytes] = []
         self.voters: frozenset[NodeId] = frozenset()
         self.learners: frozenset[NodeId] = frozenset()
         self.progress: dict[NodeId, Progress] = {}
@@ -90,6 +107,14 @@ class Raft:
         self.pending_conf_index = 0
         """Index of the latest conf change proposed by this leader; one may be unapplied."""
         self.lead_transferee: NodeId = NONE
+        self.transfer_elapsed_ticks = 0
+        """Ticks since the current leadership transfer began; aborted at election_ticks."""
+        self._timeout_now_sent = False
+        """This leader sent TIMEOUT_NOW in its term: a forced election may depose it at any
+        time (the message may be delayed arbitrarily), so its lease is void for the term."""
+        self._vote_hold_until_tick = 0
+        """A restarted replica refuses non-transfer votes until this tick: before the crash it
+        may have acknowledged a leader whose lease still counts on it."""
         self.election_elapsed_ticks = 0
         self.heartbeat_elapsed_ticks = 0
         self.randomized_election_ticks = config.election_ticks
@@ -109,6 +134,7 @@ class Raft:
             self.term = hard_state.term
             self.vote = hard_state.vote
             self.log.commit_to(hard_state.commit)
+            self._vote_hold_until_tick = config.election_ticks
         if config.applied_index > 0:
             self.log.applied_to(config.applied_index)
         self._become_follower(self.term, NONE)
@@ -131,6 +157,10 @@ class Raft:
     def take_read_states(self) -> list[ReadState]:
         read_states, self.read_states = self.read_states, []
         return read_states
+
+    def take_dropped_reads(self) -> list[bytes]:
+        dropped, self.dropped_reads = self.dropped_reads, []
+        return dropped
 
     def status(self) -> Status:
         progress: dict[NodeId, ProgressStatus] = {}
@@ -186,6 +216,8 @@ class Raft:
             self.config.election_ticks
         )
         self.lead_transferee = NONE
+        self.transfer_elapsed_ticks = 0
+        self._timeout_now_sent = False
         self.votes = {}
         self._pending_reads = []
         self._reads_awaiting_commit = []
@@ -245,6 +277,10 @@ class Raft:
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed_ticks += 1
         self.election_elapsed_ticks += 1
+        if self.lead_transferee != NONE:
+            self.transfer_elapsed_ticks += 1
+            if self.transfer_elapsed_ticks >= self.config.election_ticks:
+                self.lead_transferee = NONE  # a transfer not done within an election timeout
         if self.election_elapsed_ticks >= self.config.election_ticks:
             self.election_elapsed_ticks = 0
             if self.config.check_quorum:
@@ -253,7 +289,6 @@ class Raft:
                     return
                 for node_id, pr in self.progress.items():
                     pr.recent_active = node_id == self.id
-            self.lead_transferee = NONE  # a transfer not done within an election timeout
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed_ticks = 0
             self._broadcast_heartbeat(b"")
@@ -345,17 +380,36 @@ class Raft:
 
     # -- the step function ----------------------------------------------------------------------
 
+    def _in_lease(self) -> bool:
+        """Whether we promised a leader not to help elect another (thesis section 4.2.3).
+
+        True within election_ticks of hearing from the leader, and for election_ticks after a
+        restart (the promise may predate the crash). The leader lease rests on it.
+        """
+        if not self.config.check_quorum:
+            return False
+        if self.lead != NONE:
+            return self.election_elapsed_ticks < self.config.election_ticks
+        return self.tick_count < self._vote_hold_until_tick
+
     def step(self, m: Message) -> None:
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
                 forced = m.context == TRANSFER_CONTEXT
-                in_lease = (
-                    self.config.check_quorum
-                    and self.lead != NONE
-                    and self.election_elapsed_ticks < self.config.election_ticks
-                )
-                if in_lease and not forced:
+                if self._in_lease() and not forced:
                     return  # we heard from a live leader recently: keep its lease intact
+            elif (
+                self.role is Role.FOLLOWER
+                and m.type not in _FROM_LEADER_TYPES
+                and m.type is not MessageType.TIMEOUT_NOW
+                and self._in_lease()
+            ):
+                # A higher term that does not come from a leader (a delayed vote response, an
+                # ack to a former role) must not reset our election state while we hold a
+                # lease for the leader: with no leader and no vote, we would grant the next
+                # vote request at once and a new leader could commit while the old one still
+                # serves lease reads counting on us. A real new leader reaches us by APP.
+                return
             if m.type is MessageType.PRE_VOTE or (
                 m.type is MessageType.PRE_VOTE_RESP and not m.reject
             ):
@@ -396,13 +450,19 @@ class Raft:
 
     def _step_follower(self, m: Message) -> None:
         if m.type in (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP):
+            assert self.lead in (NONE, m.src), (
+                f"node {self.id}: two leaders in term {self.term}: {self.lead} and {m.src}"
+            )
             self.election_elapsed_ticks = 0
             self.lead = m.src
             self._handle_from_leader(m)
         elif m.type is MessageType.TIMEOUT_NOW:
             self.campaign(transfer=True)
-        elif m.type is MessageType.READ_INDEX_RESP and not m.reject:
-            self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
+        elif m.type is MessageType.READ_INDEX_RESP:
+            if m.reject:
+                self.dropped_reads.append(m.context)
+            else:
+                self.read_states.append(ReadState(index=m.index, request_ctx=m.context))
 
     def _step_candidate(self, m: Message) -> None:
         if m.type in (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP):
@@ -509,6 +569,9 @@ class Raft:
     # -- leader ---------------------------------------------------------------------------------
 
     def _step_leader(self, m: Message) -> None:
+        assert m.type not in _FROM_LEADER_TYPES, (
+            f"node {self.id}: two leaders in term {self.term}: {self.id} and {m.src}"
+        )
         if m.type is MessageType.READ_INDEX:
             self._leader_read_index(m.context, m.src, use_lease=False)
             return
@@ -684,6 +747,7 @@ class Raft:
         )
 
     def _send_timeout_now(self, to: NodeId) -> None:
+        self._timeout_now_sent = True
         self._send(Message(type=MessageType.TIMEOUT_NOW, src=self.id, dst=to, term=self.term))
 
     def _send(self, m: Message) -> None:
@@ -713,24 +777,36 @@ class Raft:
         self._check_can_propose()
         if self.pending_conf_index > self.log.applied:
             raise ProposalDropped(DropReason.CONF_CHANGE_PENDING, self.id)
-        if not self._conf_change_valid(change):
-            raise ProposalDropped(DropReason.INVALID_CONF_CHANGE, self.id)
+        problem = self._conf_change_problem(change)
+        if problem:
+            raise ProposalDropped(DropReason.INVALID_CONF_CHANGE, self.id, problem)
         index = self.propose(change.encode(), EntryType.CONF_CHANGE)
         self.pending_conf_index = index
         return index
 
-    def _conf_change_valid(self, change: ConfChange) -> bool:
+    def _conf_change_problem(self, change: ConfChange) -> str:
+        """Why ``change`` is invalid against the (applied) config, or "" if it is valid."""
         node_id = change.node_id
         if node_id <= 0:
-            return False
+            return f"node id {node_id} is not positive"
         if change.type is ConfChangeType.ADD_VOTER:
-            return node_id not in self.voters
+            if node_id in self.voters:
+                return f"node {node_id} is already a voter"
+            return ""
         if change.type is ConfChangeType.ADD_LEARNER:
-            return node_id not in self.voters and node_id not in self.learners
+            if node_id in self.voters:
+                return f"node {node_id} is a voter (demoting a voter is not supported)"
+            if node_id in self.learners:
+                return f"node {node_id} is already a learner"
+            return ""
         # REMOVE_NODE: must exist, and a group keeps at least one voter.
         if node_id in self.learners:
-            return True
-        return node_id in self.voters and len(self.voters) > 1
+            return ""
+        if node_id not in self.voters:
+            return f"node {node_id} is not a member"
+        if len(self.voters) == 1:
+            return f"removing node {node_id} would leave the group without voters"
+        return ""
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -788,7 +864,7 @@ class Raft:
         if self.lead_transferee == target:
             return
         self.lead_transferee = target
-        self.election_elapsed_ticks = 0  # the transfer is aborted after one election timeout
+        self.transfer_elapsed_ticks = 0  # the transfer is aborted after one election timeout
         if self.progress[target].match_index == self.log.last_index():
             self._send_timeout_now(target)
         else:
@@ -806,13 +882,16 @@ class Raft:
 
         A follower that hears from us at tick T refuses votes until T + election_ticks (its
         ticks), so our lease runs to the quorum's oldest acknowledged send tick plus
-        election_ticks, less a margin for clock drift. Only with check_quorum, and never
-        while handing leadership away.
+        election_ticks, less ``Config.effective_lease_margin_ticks()`` for tick granularity
+        and clock drift (see config.py for the assumptions). Only with check_quorum, and
+        never once this leader has sent TIMEOUT_NOW in its term: a transfer may complete
+        (and the new leader commit) after we gave up waiting for it.
         """
         if (
             self.role is not Role.LEADER
             or not self.config.check_quorum
             or self.lead_transferee != NONE
+            or self._timeout_now_sent
             or not self._committed_in_current_term()
         ):
             return False
@@ -823,7 +902,8 @@ class Raft:
         quorum_tick = quorum_min(acked_ticks)
         if quorum_tick < 0:
             return False
-        lease_end_tick = quorum_tick + self.config.election_ticks - self.config.lease_margin_ticks
+        margin_ticks = self.config.effective_lease_margin_ticks()
+        lease_end_tick = quorum_tick + self.config.election_ticks - margin_ticks
         return self.tick_count < lease_end_tick
 
     def _committed_in_current_term(self) -> bool:
@@ -831,6 +911,8 @@ class Raft:
 
     def read_index(self, request_ctx: bytes, *, use_lease: bool) -> None:
         if self.role is Role.LEADER:
+            if self._reads_waiting() >= self.config.max_pending_reads:
+                raise ReadDropped(DropReason.TOO_MANY_PENDING_READS, self.id)
             self._leader_read_index(request_ctx, self.id, use_lease=use_lease)
         elif self.role is Role.FOLLOWER and self.lead != NONE:
             self._send(
@@ -844,17 +926,37 @@ class Raft:
             )
         # Otherwise dropped: no leader to ask. The caller times out and retries.
 
+    def _reads_waiting(self) -> int:
+        return len(self._pending_reads) + len(self._reads_awaiting_commit)
+
+    def _refuse_read(self, request_ctx: bytes, requester: NodeId) -> None:
+        """Tells a follower its forwarded read was refused (the local case raises instead)."""
+        assert requester != self.id
+        self._send(
+            Message(
+                type=MessageType.READ_INDEX_RESP,
+                src=self.id,
+                dst=requester,
+                term=self.term,
+                context=request_ctx,
+                reject=True,
+            )
+        )
+
     def _leader_read_index(self, request_ctx: bytes, requester: NodeId, *, use_lease: bool) -> None:
         if not self._committed_in_current_term():
             # Our commit index may lag the previous leader's until an entry of our term
             # commits (thesis section 6.4): wait for that.
-            if len(self._reads_awaiting_commit) < MAX_PENDING_READS:
-                self._reads_awaiting_commit.append((request_ctx, requester, use_lease))
+            if requester != self.id and self._reads_waiting() >= self.config.max_pending_reads:
+                self._refuse_read(request_ctx, requester)
+                return
+            self._reads_awaiting_commit.append((request_ctx, requester, use_lease))
             return
         if self.voters == frozenset({self.id}) or (use_lease and self.lease_valid()):
             self._respond_read(self.log.committed, request_ctx, requester)
             return
-        if len(self._pending_reads) >= MAX_PENDING_READS:
+        if requester != self.id and self._reads_waiting() >= self.config.max_pending_reads:
+            self._refuse_read(request_ctx, requester)
             return
         self._read_round_id += 1
         self._pending_reads.append(
@@ -907,6 +1009,10 @@ class Raft:
                     context=request_ctx,
                 )
             )
+
+
+_FROM_LEADER_TYPES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+"""Messages only a leader sends (about its log); receiving one proves a leader of its term."""
 
 
 def _with(m: Message, **changes: object) -> Message:

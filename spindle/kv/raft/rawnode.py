@@ -110,6 +110,7 @@ class RawNode:
             or raft.hard_state() != self._prev_hard_state
             or bool(raft.msgs)
             or bool(raft.read_states)
+            or bool(raft.dropped_reads)
             or raft.log.has_unstable()
             or raft.log.has_next_committed_entries()
         )
@@ -132,6 +133,7 @@ class RawNode:
             ),
             messages=raft.take_messages(),
             read_states=raft.take_read_states(),
+            dropped_reads=raft.take_dropped_reads(),
             must_sync=bool(entries)
             or (
                 hard_changed

@@ -166,7 +166,11 @@ class Ready(msgspec.Struct):
     2. send ``messages``;
     3. apply ``snapshot`` to the state machine, then apply ``committed_entries`` in order
        (for CONF_CHANGE entries call ``RawNode.apply_conf_change``);
-    4. serve reads in ``read_states`` once their ``index`` is applied.
+    4. serve reads in ``read_states`` once their ``index`` is applied; fail those in
+       ``dropped_reads``.
+
+    Inputs (``step``, ``tick``, ``propose``, ``read_index``, ...) may be given between
+    ``ready()`` and ``advance()``; their output waits for the next Ready.
     """
 
     soft_state: SoftState | None = None
@@ -177,6 +181,9 @@ class Ready(msgspec.Struct):
     messages: list[Message] = msgspec.field(default_factory=list)
     read_states: list[ReadState] = msgspec.field(default_factory=list)
     must_sync: bool = False
+    dropped_reads: list[bytes] = msgspec.field(default_factory=list)
+    """Request contexts of this node's forwarded reads that the leader refused (too many
+    pending reads): answer them with an error at once rather than letting them time out."""
 
     def is_empty(self) -> bool:
         return (
@@ -187,4 +194,5 @@ class Ready(msgspec.Struct):
             and not self.committed_entries
             and not self.messages
             and not self.read_states
+            and not self.dropped_reads
         )

@@ -32,6 +32,7 @@ from spindle.kv.raft import (
     MessageType,
     ProposalDropped,
     RawNode,
+    ReadDropped,
     Ready,
     Snapshot,
     SnapshotMetadata,
@@ -153,7 +154,7 @@ def format_message(m: Message) -> str:
     elif t in (MessageType.READ_INDEX, MessageType.READ_INDEX_RESP):
         parts.append(f"ctx={m.context.decode()}")
         if t is MessageType.READ_INDEX_RESP:
-            parts.append(f"index={m.index}")
+            parts.append("REJECT" if m.reject else f"index={m.index}")
     return " ".join(parts)
 
 
@@ -166,6 +167,8 @@ class Node:
     applied: list[str] = dataclasses.field(default_factory=list)
     """The replicated state machine: data of applied normal entries, in order."""
     conf_state: ConfState = dataclasses.field(default_factory=ConfState)
+    held_ready: Ready | None = None
+    """A Ready taken by ``ready`` and not yet handled by ``advance``."""
 
 
 class Network:
@@ -210,6 +213,7 @@ class Network:
                 max_inflight_msgs=int(kw.get("max-inflight", "256")),
                 max_msg_bytes=int(kw.get("max-msg-bytes", str(1 << 20))),
                 snapshot_chunk_bytes=int(kw.get("chunk-bytes", str(1 << 20))),
+                max_pending_reads=int(kw.get("max-pending-reads", "4096")),
                 rng=random.Random(node_id),
             )
             node = Node(node_id, RawNode(config, storage), storage, config)
@@ -239,6 +243,7 @@ class Network:
                 rng=random.Random(node_id),
             )
             node.raw = RawNode(node.config, node.storage)
+            node.held_ready = None
             self.in_flight = [m for m in self.in_flight if m.dst != node_id]
             s = node.raw.status()
             out.append(
@@ -269,7 +274,8 @@ class Network:
         try:
             index = node.raw.propose_conf_change(ConfChange(change_type, int(args[2])))
         except ProposalDropped as exc:
-            return [f"dropped: {exc.reason.name} leader={exc.leader_id}"]
+            detail = f" ({exc.detail})" if exc.detail else ""
+            return [f"dropped: {exc.reason.name} leader={exc.leader_id}{detail}"]
         return [f"index {index}"]
 
     def cmd_transfer_leadership(self, args: list[str], kw: dict[str, str]) -> list[str]:
@@ -278,8 +284,50 @@ class Network:
 
     def cmd_read_index(self, args: list[str], kw: dict[str, str]) -> list[str]:
         node = self.nodes[int(args[0])]
-        node.raw.read_index(args[1].encode(), use_lease=kw.get("lease") == "true")
+        try:
+            node.raw.read_index(args[1].encode(), use_lease=kw.get("lease") == "true")
+        except ReadDropped as exc:
+            return [f"dropped: {exc.reason.name} leader={exc.leader_id}"]
         return []
+
+    def cmd_report_unreachable(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """``report-unreachable from=1 to=3``: the leader's transport failed to reach 3."""
+        self.nodes[int(kw["from"])].raw.report_unreachable(int(kw["to"]))
+        return []
+
+    def cmd_send_msg(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """Puts a hand-made message in flight (a delayed or stale one), e.g.
+        ``send-msg type=PRE_VOTE_RESP from=3 to=2 term=5 reject=true``."""
+        m = Message(
+            type=MessageType[kw["type"]],
+            src=int(kw["from"]),
+            dst=int(kw["to"]),
+            term=int(kw["term"]),
+            index=int(kw.get("index", "0")),
+            log_term=int(kw.get("log-term", "0")),
+            commit=int(kw.get("commit", "0")),
+            reject=kw.get("reject") == "true",
+            context=kw.get("ctx", "").encode(),
+        )
+        self.in_flight.append(m)
+        return [format_message(m)]
+
+    def cmd_ready(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """Takes a node's Ready and holds it: inputs may follow before ``advance``."""
+        node = self.nodes[int(args[0])]
+        assert node.held_ready is None, "a Ready is already held"
+        node.held_ready = node.raw.ready()
+        return [f"> {node.node_id} took Ready"] + [
+            "  " + line for line in self._describe_ready(node.held_ready)
+        ]
+
+    def cmd_advance(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """Handles the held Ready (persist, send, apply), then advances."""
+        node = self.nodes[int(args[0])]
+        ready = node.held_ready
+        assert ready is not None, "no Ready held"
+        node.held_ready = None
+        return [f"> {node.node_id} advancing", *self._handle_ready(node, ready)]
 
     def cmd_tick(self, args: list[str], kw: dict[str, str]) -> list[str]:
         count = int(kw.get("count", "1"))
@@ -358,7 +406,7 @@ class Network:
             progressed = False
             for node_id in ids:
                 node = self.nodes[node_id]
-                if node.raw.has_ready():
+                if node.held_ready is None and node.raw.has_ready():
                     out += self._process_ready(node)
                     progressed = True
             for node_id in ids:
@@ -408,11 +456,16 @@ class Network:
 
     def _process_ready(self, node: Node) -> list[str]:
         raw = node.raw
-        if not raw.has_ready():
+        if node.held_ready is not None or not raw.has_ready():
             return []
         ready = raw.ready()
         out = [f"> {node.node_id} handling Ready"]
         out += ["  " + line for line in self._describe_ready(ready)]
+        return out + self._handle_ready(node, ready)
+
+    def _handle_ready(self, node: Node, ready: Ready) -> list[str]:
+        raw = node.raw
+        out: list[str] = []
         # Persist, then send, then apply: the order the Ready contract requires.
         if ready.snapshot is not None:
             node.storage.apply_snapshot(ready.snapshot)
@@ -460,6 +513,7 @@ class Network:
         out += [
             f"ReadState index={r.index} ctx={r.request_ctx.decode()}" for r in ready.read_states
         ]
+        out += [f"DroppedRead ctx={ctx.decode()}" for ctx in ready.dropped_reads]
         return out
 
     def _deliver(self, node_id: int, *, drop: bool) -> list[str]:
