@@ -13,7 +13,10 @@ A ``RawNode`` does no I/O and keeps no clock. The caller drives it::
         apply(ready.snapshot, ready.committed_entries)     # then apply (apply_conf_change)
         node.advance()
 
-Exactly one Ready may be outstanding: ``ready()`` must be followed by ``advance()``.
+Exactly one Ready may be outstanding: ``ready()`` must be followed by ``advance()``. Inputs
+(``tick``, ``step``, ``propose``, ``read_index``, ...) may be given while it is outstanding
+(e.g. while its entries are being fsynced); what they produce comes in the next Ready.
+``has_ready()`` may only be asked when no Ready is outstanding.
 """
 
 from __future__ import annotations
@@ -62,14 +65,30 @@ class RawNode:
     def propose(self, data: bytes) -> int:
         """Appends ``data`` to the leader's log; returns its index.
 
-        Raises ``ProposalDropped`` if this node is not the leader or is transferring
-        leadership. A returned index is not yet committed: watch committed entries for it
-        (with the same term) to learn the outcome.
+        Only the leader accepts proposals; followers do not forward them (etcd's MsgProp
+        forwarding is deliberately absent: the node layer routes requests and the client
+        gets a NotLeader hint). Raises ``ProposalDropped`` with a ``reason`` and a
+        ``leader_id`` hint:
+
+        - NOT_LEADER: a follower; ``leader_id`` is the leader it last heard from (retry
+          there). NO_LEADER: no leader known (an election is in progress); ``leader_id`` 0.
+        - TRANSFERRING_LEADERSHIP: ``leader_id`` is the transfer's target, likely the next
+          leader. TOO_LARGE: over MAX_PROPOSAL_BYTES. NOT_A_MEMBER: a leader removed from
+          the config it still leads.
+
+        A returned index is not yet committed: watch committed entries for it (with the
+        same term) to learn the outcome.
         """
         return self._raft.propose(data, EntryType.NORMAL)
 
     def propose_conf_change(self, change: ConfChange) -> int:
-        """Proposes one membership change; raises ``ProposalDropped`` if one is pending."""
+        """Proposes one membership change, like ``propose``; it takes effect when applied.
+
+        Also raises ``ProposalDropped`` with CONF_CHANGE_PENDING while an earlier change is
+        unapplied, and INVALID_CONF_CHANGE (``detail`` says why) for a change that makes no
+        sense against the applied config: adding an existing voter or learner, demoting a
+        voter, removing a non-member or the last voter, a non-positive node id.
+        """
         return self._raft.propose_conf_change(change)
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:
@@ -86,9 +105,13 @@ class RawNode:
 
         The read may be served once the state machine has applied ``ReadState.index``. With
         ``use_lease`` the leader skips the heartbeat round while its lease is valid (needs
-        check_quorum; safe only if clocks drift less than ``lease_margin_ticks``). Requests
-        that cannot be served (no leader, leader changed) produce no ReadState: callers time
-        out and retry.
+        check_quorum; safe only under the clock assumptions in config.py: ticks driven by a
+        monotonic clock, drift within ``max_clock_drift_ratio``). A leader's reads wait
+        until it has committed an entry of its term. Requests that cannot be served (no
+        leader, leader changed) produce no ReadState: callers time out and retry. Beyond
+        ``max_pending_reads`` waiting reads the leader refuses: locally this raises
+        ``ReadDropped``; a forwarded request's context comes back in
+        ``Ready.dropped_reads``.
         """
         self._raft.read_index(request_ctx, use_lease=use_lease)
 

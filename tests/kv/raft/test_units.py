@@ -16,10 +16,12 @@ from spindle.kv.raft import (
     MessageType,
     ProposalDropped,
     RawNode,
+    ReadDropped,
     Role,
     Snapshot,
     SnapshotMetadata,
     UnavailableError,
+    lease_margin_ticks_min,
 )
 from spindle.kv.raft.log import RaftLog
 from spindle.kv.raft.progress import Inflights, Progress, ProgressState, quorum_min
@@ -243,3 +245,184 @@ def test_follower_proposal_names_the_leader() -> None:
         network.nodes[2].raw.propose(b"x")
     assert dropped.value.reason is DropReason.NOT_LEADER
     assert dropped.value.leader_id == 1
+
+
+def test_lease_margin_covers_granularity_and_drift() -> None:
+    assert lease_margin_ticks_min(10, 0.0) == 1  # tick granularity alone
+    assert lease_margin_ticks_min(10, 0.05) == 2
+    assert lease_margin_ticks_min(50, 0.1) == 6
+    # A configured margin below the safe one is raised; a larger one is kept.
+    assert Config(node_id=1, lease_margin_ticks=1).effective_lease_margin_ticks() == 2
+    assert Config(node_id=1, lease_margin_ticks=4).effective_lease_margin_ticks() == 4
+    exact = Config(node_id=1, lease_margin_ticks=1, max_clock_drift_ratio=0.0)
+    assert exact.effective_lease_margin_ticks() == 1
+
+
+def test_starting_a_transfer_does_not_postpone_check_quorum() -> None:
+    network = Network()
+    network.run("add-nodes 3 checkquorum=true")
+    elect(network)
+    network.run("isolate 1")
+    leader = network.nodes[1].raw
+    network.run("tick 1 count=10")  # first check passes on acks from before the cut
+    network.run("tick 1 count=9")
+    leader.transfer_leadership(2)  # used to reset the check-quorum clock
+    assert leader.status().role is Role.LEADER
+    network.run("tick 1")
+    assert leader.status().role is Role.FOLLOWER
+
+
+def test_transfer_is_aborted_after_an_election_timeout() -> None:
+    network = Network()
+    network.run("add-nodes 3 checkquorum=true")
+    elect(network)
+    network.run("isolate 3")
+    network.run("propose 1 x")
+    network.run("stabilize")
+    leader = network.nodes[1].raw
+    leader.transfer_leadership(3)  # 3 lags: the leader waits for it to catch up
+    assert leader.status().lead_transferee == 3
+    network.run("tick 1 count=9")
+    network.run("stabilize 1 2")
+    assert leader.status().lead_transferee == 3
+    network.run("tick 1")
+    assert leader.status().lead_transferee == 0
+    assert leader.status().role is Role.LEADER
+    assert leader.propose(b"y") > 0
+
+
+def _state(raw: RawNode) -> tuple[object, ...]:
+    s = raw.status()
+    return (s.role, s.term, s.vote, s.leader_id, s.commit_index, s.last_index)
+
+
+@pytest.mark.parametrize("message_type", list(MessageType), ids=lambda t: t.name)
+def test_stale_messages_of_every_type_change_nothing(message_type: MessageType) -> None:
+    """A message from an earlier term never changes state; only APP/HEARTBEAT (to tell a
+    stale leader) and PRE_VOTE (to reject) get an answer, carrying our term."""
+    network = Network()
+    network.run("add-nodes 3 prevote=true")
+    elect(network)
+    network.run("isolate 1")
+    network.run("campaign 2")  # 2 becomes leader of term 2, 3 its follower
+    network.run("stabilize 2 3")
+    for node_id in (2, 3):
+        raw = network.nodes[node_id].raw
+        assert raw.status().term == 2
+        before = _state(raw)
+        raw.step(
+            Message(
+                type=message_type,
+                src=1,
+                dst=node_id,
+                term=1,
+                index=9,
+                log_term=1,
+                commit=9,
+                entries=(Entry(term=1, index=10),) if message_type is MessageType.APP else (),
+                snapshot=SnapshotMetadata(index=9, term=1, conf_state=ConfState(voters=(1,)))
+                if message_type is MessageType.SNAP
+                else None,
+            )
+        )
+        assert _state(raw) == before
+        replies = raw.ready().messages
+        raw.advance()
+        if message_type in (MessageType.APP, MessageType.HEARTBEAT, MessageType.PRE_VOTE):
+            assert [(m.dst, m.term) for m in replies] == [(1, 2)]
+            if message_type is MessageType.PRE_VOTE:
+                assert replies[0].reject
+        else:
+            assert replies == []
+
+
+@pytest.mark.parametrize(
+    "message_type",
+    [t for t in MessageType if t not in (MessageType.VOTE, MessageType.PRE_VOTE)],
+    ids=lambda t: t.name,
+)
+def test_higher_term_messages_in_and_out_of_lease(message_type: MessageType) -> None:
+    """In lease a follower adopts a higher term only from a leader (APP, HEARTBEAT, SNAP) or
+    TIMEOUT_NOW; out of lease, any higher-term message moves it to that term."""
+    leader_types = (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP)
+    for in_lease in (True, False):
+        network = Network()
+        network.run("add-nodes 3 prevote=true checkquorum=true")
+        elect(network)
+        follower = network.nodes[2].raw
+        if not in_lease:
+            network.run("isolate 2")
+            network.run("tick 2 count=10")  # lease held, but 2 has not campaigned yet
+            assert follower.status().role is Role.FOLLOWER
+        follower.step(
+            Message(
+                type=message_type,
+                src=3,
+                dst=2,
+                term=5,
+                index=2,
+                log_term=1,
+                snapshot=SnapshotMetadata(index=2, term=1, conf_state=ConfState(voters=(1, 2, 3)))
+                if message_type is MessageType.SNAP
+                else None,
+            )
+        )
+        s = follower.status()
+        moved = not in_lease or message_type in (*leader_types, MessageType.TIMEOUT_NOW)
+        if message_type is MessageType.PRE_VOTE_RESP:
+            moved = False  # a granted PreVote response never moves terms
+        assert (s.term >= 5) == moved, (in_lease, s)
+        if message_type in leader_types:
+            assert s.leader_id == 3
+
+
+def test_leader_asserts_one_leader_per_term() -> None:
+    network = Network()
+    network.run("add-nodes 3")
+    elect(network)
+    leader = network.nodes[1].raw
+    with pytest.raises(AssertionError, match="two leaders"):
+        leader.step(Message(type=MessageType.HEARTBEAT, src=2, dst=1, term=1))
+    follower = network.nodes[3].raw
+    with pytest.raises(AssertionError, match="two leaders"):
+        follower.step(Message(type=MessageType.HEARTBEAT, src=2, dst=3, term=1))
+
+
+def test_drop_reasons_carry_leader_hints() -> None:
+    network = Network()
+    network.run("add-nodes 3")
+    network.nodes[1].raw.campaign()
+    with pytest.raises(ProposalDropped) as dropped:
+        network.nodes[1].raw.propose(b"x")  # a candidate: no leader known
+    assert (dropped.value.reason, dropped.value.leader_id) == (DropReason.NO_LEADER, 0)
+    network.run("stabilize")
+    network.run("isolate 3")
+    network.run("propose 1 x")
+    network.run("stabilize")
+    leader = network.nodes[1].raw
+    leader.transfer_leadership(3)
+    with pytest.raises(ProposalDropped) as dropped:
+        leader.propose(b"y")
+    assert (dropped.value.reason, dropped.value.leader_id) == (
+        DropReason.TRANSFERRING_LEADERSHIP,
+        3,
+    )
+    assert "leader hint: 3" in str(dropped.value)
+
+
+def test_local_read_beyond_the_bound_raises() -> None:
+    network = Network()
+    network.run("add-nodes 3 max-pending-reads=1")
+    network.run("campaign 1")
+    network.run("process-ready 1")
+    network.run("deliver-msgs 2 3")
+    network.run("process-ready 2 3")
+    network.run("deliver-msgs 1")
+    leader = network.nodes[1].raw
+    assert leader.status().role is Role.LEADER
+    leader.read_index(b"a")  # waits for the leader's first commit, and counts
+    with pytest.raises(ReadDropped) as dropped:
+        leader.read_index(b"b")
+    assert dropped.value.reason is DropReason.TOO_MANY_PENDING_READS
+    network.run("stabilize")
+    leader.read_index(b"c")  # room again once "a" was served
