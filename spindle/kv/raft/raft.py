@@ -78,10 +78,16 @@ class _ReadRequest:
 
 @dataclasses.dataclass
 class _IncomingSnapshot:
-    """Chunks of a snapshot received so far from the leader."""
+    """Chunks of a snapshot received so far from the leader.
+
+    Chunks are only joined if they come from the same leader in the same term: two leaders'
+    snapshots at one index hold the same state but not necessarily the same bytes.
+    """
 
     metadata: SnapshotMetadata
     data: bytearray
+    leader: NodeId
+    term: int
 
 
 class Raft:
@@ -531,11 +537,18 @@ class Raft:
             type=MessageType.SNAP_RESP, src=self.id, dst=m.src, term=self.term, snapshot=metadata
         )
         incoming = self._incoming_snapshot
-        if incoming is None or incoming.metadata != metadata:
+        if (
+            incoming is None
+            or incoming.metadata != metadata
+            or incoming.leader != m.src
+            or incoming.term != m.term
+        ):
+            self._incoming_snapshot = None
             if m.snapshot_offset_bytes != 0:
                 self._send(_with(resp, index=0, reject=True))  # restart from the beginning
                 return
-            incoming = self._incoming_snapshot = _IncomingSnapshot(metadata, bytearray())
+            incoming = _IncomingSnapshot(metadata, bytearray(), m.src, m.term)
+            self._incoming_snapshot = incoming
         if m.snapshot_offset_bytes == len(incoming.data):
             incoming.data += m.snapshot_chunk
             if m.snapshot_done:

@@ -426,3 +426,38 @@ def test_local_read_beyond_the_bound_raises() -> None:
     assert dropped.value.reason is DropReason.TOO_MANY_PENDING_READS
     network.run("stabilize")
     leader.read_index(b"c")  # room again once "a" was served
+
+
+def test_snapshot_chunks_from_two_leaders_are_never_joined() -> None:
+    """Two leaders' snapshots at one index hold the same state, not the same bytes: a chunk
+    from a new leader that continues an old leader's transfer must restart it."""
+    network = Network()
+    network.run("add-nodes 3")
+    follower = network.nodes[3].raw
+    meta = SnapshotMetadata(index=9, term=1, conf_state=ConfState(voters=(1, 2, 3)))
+
+    def chunk(src: int, term: int, offset: int, data: bytes, done: bool) -> None:
+        follower.step(
+            Message(
+                type=MessageType.SNAP,
+                src=src,
+                dst=3,
+                term=term,
+                snapshot=meta,
+                snapshot_offset_bytes=offset,
+                snapshot_chunk=data,
+                snapshot_done=done,
+            )
+        )
+
+    chunk(1, 1, 0, b"AAAA", False)  # leader 1's first half
+    chunk(2, 2, 4, b"bbbb", True)  # leader 2 (term 2) continues at its own offset 4
+    ready = follower.ready()
+    assert ready.snapshot is None  # not installed from mixed bytes
+    snap_resps = [m for m in ready.messages if m.type is MessageType.SNAP_RESP]
+    assert [(m.dst, m.index, m.reject) for m in snap_resps] == [(1, 4, False), (2, 0, True)]
+    follower.advance()
+    chunk(2, 2, 0, b"aaaa", False)
+    chunk(2, 2, 4, b"bbbb", True)
+    ready = follower.ready()
+    assert ready.snapshot is not None and ready.snapshot.data == b"aaaabbbb"
