@@ -441,7 +441,7 @@ class Node:
             )
             while True:
                 _, (deleted, more) = await self._propose(shard, command)
-                total = -1 if deleted < 0 or total < 0 else total + deleted
+                total += deleted
                 if not more:
                     break
         return p.DeleteRangeResult(total)

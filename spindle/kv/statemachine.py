@@ -30,7 +30,7 @@ from spindle.kv.keys import (
     ttl_key,
 )
 from spindle.kv.storage import CF, Engine, WriteBatch
-from spindle.kv.values import Stored, decode_stored, encode_stored, stored_header
+from spindle.kv.values import HEADER_BYTES, Stored, decode_stored, encode_stored, stored_header
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -64,8 +64,12 @@ class ShardState:
         self.key_offset = key_offset
         """Bytes of hash prefix in front of user keys; error messages show user keys."""
         self._applied_key = applied_key(shard_id)
+        self._pending_bytes = 0
         raw = engine.get(CF.META, self._applied_key)
-        self.applied_index = 0 if raw is None else decode_u64(raw)
+        self.applied_index = 0 if raw is None else decode_u64(raw[:8])
+        self.stored_bytes = 0 if raw is None or len(raw) < 16 else decode_u64(raw[8:16])
+        """Physical bytes (keys + stored values) this shard holds, for stored-bytes quotas;
+        maintained by apply, so every replica agrees."""
 
     # -- reads ------------------------------------------------------------------------
 
@@ -117,7 +121,15 @@ class ShardState:
         except SpindleError as error:
             batch = self.engine.new_batch()
             result = error
-        batch.put(CF.META, self._applied_key, encode_u64(index))
+            self._pending_bytes = 0
+        self.stored_bytes += self._pending_bytes
+        self._pending_bytes = 0
+        assert self.stored_bytes >= 0, (self.shard_id, self.stored_bytes)
+        batch.put(
+            CF.META,
+            self._applied_key,
+            encode_u64(index) + encode_u64(self.stored_bytes),
+        )
         self._write(batch)
         self.applied_index = index
         return result
@@ -126,11 +138,18 @@ class ShardState:
         self, batch: WriteBatch, index: int, now_ms: int, command: Batch
     ) -> list[OpResult]:
         overlay: dict[bytes, Stored | None] = {}
+        old_sizes: dict[bytes, int] = {}
 
         def current(key: bytes) -> Stored | None:
             if key in overlay:
                 return overlay[key]
-            return self.get(key, now_ms)
+            raw = self.engine.get(CF.DATA, self.prefix + key)
+            if key not in old_sizes:
+                old_sizes[key] = 0 if raw is None else len(key) + len(raw)
+            if raw is None:
+                return None
+            stored = decode_stored(raw)
+            return None if stored.expired(now_ms) else stored
 
         for key, seen_version in command.reads:
             found = current(key)
@@ -178,36 +197,47 @@ class ShardState:
                 if found is not None:
                     overlay[op.key] = Stored(found.value, index, op.expire_at_ms)
                 results.append(existed)
+        delta = 0
         for key, stored in overlay.items():
             engine_key = self.prefix + key
+            delta -= old_sizes[key]
             if stored is None:
                 batch.delete(CF.DATA, engine_key)
                 continue
+            delta += len(key) + HEADER_BYTES + len(stored.value)
             batch.put(CF.DATA, engine_key, encode_stored(stored.value, index, stored.expire_at_ms))
             if stored.expire_at_ms:
                 batch.put(CF.TTL, ttl_key(self.keyspace_id, stored.expire_at_ms, key), b"")
+        self._pending_bytes = delta
         return results
 
     def _apply_delete_range(
         self, batch: WriteBatch, command: DeleteRange, now_ms: int
     ) -> tuple[int, bool]:
-        """Returns (keys deleted or -1 when a range tombstone was used, more to delete)."""
-        if command.user_start is None and command.user_end is None:
-            batch.delete_range(CF.DATA, self.prefix + command.start, self.prefix + command.end)
-            return -1, False
-        user_start = command.user_start or b""
+        """Delete key by key (so stored bytes stay exact), at most
+        `limits.DELETE_RANGE_KEYS_PER_ENTRY_MAX` per entry. Returns (keys deleted, more)."""
+        user_start = command.user_start
         user_end = command.user_end
+        filtered = user_start is not None or user_end is not None
+        cut = len(self.prefix) + self.key_offset
         deleted = 0
-        for raw_key, _ in self.engine.scan(
+        freed = 0
+        for raw_key, raw in self.engine.scan(
             CF.DATA, self.prefix + command.start, self.prefix + command.end
         ):
-            user_key = raw_key[len(self.prefix) + 4 :]
-            if user_key < user_start or (user_end is not None and user_key >= user_end):
-                continue
+            if filtered:
+                user_key = raw_key[cut:]
+                if user_key < (user_start or b"") or (
+                    user_end is not None and user_key >= user_end
+                ):
+                    continue
             if deleted == limits.DELETE_RANGE_KEYS_PER_ENTRY_MAX:
+                self._pending_bytes = -freed
                 return deleted, True
             batch.delete(CF.DATA, raw_key)
+            freed += len(raw_key) - len(self.prefix) + len(raw)
             deleted += 1
+        self._pending_bytes = -freed
         return deleted, False
 
     def _apply_purge(self, batch: WriteBatch, command: Purge, now_ms: int) -> int:
@@ -218,6 +248,7 @@ class ShardState:
                 _, current_expire = stored_header(raw)
                 if current_expire == expire_at_ms and expire_at_ms <= now_ms:
                     batch.delete(CF.DATA, self.prefix + key)
+                    self._pending_bytes -= len(key) + len(raw)
                     purged += 1
             batch.delete(CF.TTL, ttl_key(self.keyspace_id, expire_at_ms, key))
         return purged

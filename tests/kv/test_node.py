@@ -160,3 +160,54 @@ async def test_key_of_a_shard_hosted_elsewhere_gets_wrong_shard() -> None:
         node.execute("default", p.Put(id=1, key=b"k", value=b"v"))
     page = node.execute("default", p.Scan(id=1, limit=1000))
     assert page.cursor is not None, "a scan stops at the shard it cannot serve"
+
+
+async def test_stored_bytes_match_the_engine_after_any_history() -> None:
+    """The per-shard byte count the quotas rely on equals what the engine holds."""
+    import random
+
+    from spindle.kv.keys import keyspace_prefix
+    from spindle.kv.storage import CF
+
+    rng = random.Random(7)
+    now = [1_000_000]
+    engine = MemoryEngine()
+    node = Node(engine, clock_ms=lambda: now[0])
+    await node.ensure_default_keyspace()
+    await node.execute("default", p.CreateKeyspace(id=1, name="r", partitioning="range"))
+    for _ in range(600):
+        keyspace = rng.choice(["default", "r"])
+        key = b"k%d" % rng.randrange(40)
+        choice = rng.random()
+        try:
+            if choice < 0.5:
+                ttl = rng.choice([None, None, 50])
+                value = b"v" * rng.randrange(30)
+                await put(node, key, value, keyspace=keyspace, ttl_ms=ttl)
+            elif choice < 0.7:
+                await node.execute("default", p.Delete(id=1, key=key, keyspace=keyspace))
+            elif choice < 0.8:
+                await node.execute("default", p.Incr(id=1, key=b"n", keyspace=keyspace))
+            elif choice < 0.85:
+                prefix = b"k%d" % rng.randrange(4)
+                request = p.DeleteRangeReq(id=1, prefix=prefix, keyspace=keyspace)
+                await node.execute("default", request)
+            elif choice < 0.9:
+                now[0] += 60
+                await node.purge_expired()
+            else:
+                ops = [p.BatchPut(key=key, value=b"b"), p.BatchDelete(key=key)]
+                await node.execute("default", p.WriteBatch(id=1, ops=ops, keyspace=keyspace))
+        except Exception as error:
+            from spindle.kv.errors import SpindleError
+
+            assert isinstance(error, SpindleError)
+    for ks in node.catalog.keyspaces.values():
+        prefix = keyspace_prefix(ks.keyspace_id)
+        actual = sum(
+            len(k) - len(prefix) + len(v)
+            for k, v in engine.scan(CF.DATA, prefix, keyspace_prefix(ks.keyspace_id + 1))
+        )
+        counted = sum(node.shards[s.shard_id].state.stored_bytes for s in ks.shards)
+        assert counted == actual, ks.name
+    assert actual > 0
