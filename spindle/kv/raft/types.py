@@ -114,7 +114,8 @@ class Message(msgspec.Struct, frozen=True):
     - HEARTBEAT(_RESP): ``commit``; ``context`` carries a ReadIndex round id, echoed back.
     - SNAP: ``snapshot`` metadata, ``snapshot_offset_bytes``, ``snapshot_chunk``,
       ``snapshot_done``. SNAP_RESP: ``index`` = bytes received so far, ``reject`` to restart.
-    - READ_INDEX_RESP: ``index`` = read index, ``context`` = request ctx; reject = no leader.
+    - READ_INDEX_RESP: ``index`` = read index, ``context`` = request ctx; ``reject`` = the
+      leader refused the read (MAX_PENDING_READS), reported in ``Ready.dropped_reads``.
     - ``sent_tick``: the sender's tick counter, echoed in responses; the leader lease uses it.
     """
 
