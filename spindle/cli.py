@@ -24,11 +24,13 @@ app = typer.Typer(
 )
 kv_app = typer.Typer(help="Read and write keys.", no_args_is_help=True)
 keyspace_app = typer.Typer(help="Create and list keyspaces.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Manage tenants (needs the admin token).", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Benchmarks (not tests): measured numbers for docs/.", no_args_is_help=True
 )
 app.add_typer(kv_app, name="kv")
 app.add_typer(keyspace_app, name="keyspace")
+app.add_typer(tenant_app, name="tenant")
 app.add_typer(bench_app, name="bench")
 
 console = Console()
@@ -73,6 +75,13 @@ def server(
     http_port: Annotated[
         int, typer.Option(envvar="SPINDLE_HTTP_PORT", help="HTTP: /health /status /metrics.")
     ] = 7380,
+    loopback_default: Annotated[
+        bool,
+        typer.Option(
+            help="Let unauthenticated loopback clients act as the default tenant "
+            "(like Redis's protected mode). --no-loopback-default requires a token always."
+        ),
+    ] = True,
 ) -> None:
     """Run a storage node in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     import logging
@@ -81,11 +90,16 @@ def server(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    def ready(srv: Any) -> None:
+    def ready(srv: Any, credentials: dict[str, str]) -> None:
         addr = f"{srv.host}:{srv.port}"
         console.print(f"[bold]spindle node[/bold] data in {os.path.abspath(data_dir)}")
         console.print(f"  binary protocol  {addr}")
         console.print(f"  http             http://{srv.host}:{srv.http_port}/status")
+        for name, token in sorted(credentials.items()):
+            label = "admin token" if name == "admin" else f"tenant {name!r} token"
+            console.print(f"  {label:<22} {token}", highlight=False)
+        if loopback_default:
+            console.print("  loopback clients without a token act as tenant 'default'")
         console.print("try, in another terminal:")
         console.print(f"  .venv/bin/spindle kv put hello world --addr {addr}")
         console.print(f"  .venv/bin/spindle kv get hello --addr {addr}")
@@ -93,7 +107,7 @@ def server(
         console.print("Ctrl-C stops the node.", highlight=False)
         sys.stdout.flush()
 
-    run(data_dir, host, port, http_port, on_ready=ready)
+    run(data_dir, host, port, http_port, on_ready=ready, loopback_default_tenant=loopback_default)
     console.print("stopped cleanly")
 
 
@@ -208,6 +222,135 @@ def keyspace_list(addr: AddrOpt = "127.0.0.1:7379") -> None:
     console.print(table)
 
 
+AdminTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token",
+        envvar="SPINDLE_ADMIN_TOKEN",
+        help="Admin token (default: from ./.spindle/credentials.json when present).",
+    ),
+]
+
+
+def _admin(addr: str, admin_token: str | None) -> Any:
+    token = admin_token
+    if token is None:
+        path = os.path.join(".spindle", "credentials.json")
+        if os.path.exists(path):
+            with open(path) as file:
+                token = json.load(file).get("admin")
+    if token is None:
+        err_console.print("[red]error[/red] give --admin-token or set SPINDLE_ADMIN_TOKEN")
+        raise typer.Exit(1)
+    from spindle.kv.client import Client
+
+    return _guard(lambda: Client(addr, tenant="admin", token=token))
+
+
+def _quota(
+    read_ops: float | None,
+    write_ops: float | None,
+    read_bytes: float | None,
+    write_bytes: float | None,
+    stored_bytes: int | None,
+    burst_s: float,
+) -> Any:
+    from spindle.kv.tenancy import Quota
+
+    values = (read_ops, write_ops, read_bytes, write_bytes, stored_bytes)
+    if all(v is None for v in values):
+        return None
+    return Quota(read_ops, write_ops, read_bytes, write_bytes, stored_bytes, burst_s)
+
+
+ReadOpsOpt = Annotated[float | None, typer.Option(help="Read ops per second.")]
+WriteOpsOpt = Annotated[float | None, typer.Option(help="Write ops per second.")]
+ReadBytesOpt = Annotated[float | None, typer.Option(help="Read bytes per second.")]
+WriteBytesOpt = Annotated[float | None, typer.Option(help="Write bytes per second.")]
+StoredBytesOpt = Annotated[int | None, typer.Option(help="Stored bytes at most.")]
+BurstOpt = Annotated[float, typer.Option(help="Bucket size in seconds of rate.")]
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str,
+    addr: AddrOpt = "127.0.0.1:7379",
+    admin_token: AdminTokenOpt = None,
+    read_ops: ReadOpsOpt = None,
+    write_ops: WriteOpsOpt = None,
+    read_bytes: ReadBytesOpt = None,
+    write_bytes: WriteBytesOpt = None,
+    stored_bytes: StoredBytesOpt = None,
+    burst_s: BurstOpt = 1.0,
+) -> None:
+    """Create a tenant; prints its token (shown only this once)."""
+    quota = _quota(read_ops, write_ops, read_bytes, write_bytes, stored_bytes, burst_s)
+    with _admin(addr, admin_token) as kv:
+        created = _guard(lambda: kv.create_tenant(name, quota))
+    console.print(f"tenant {created.name} token {created.token}", highlight=False)
+
+
+@tenant_app.command("list")
+def tenant_list(addr: AddrOpt = "127.0.0.1:7379", admin_token: AdminTokenOpt = None) -> None:
+    """List tenants with quotas and usage."""
+    with _admin(addr, admin_token) as kv:
+        tenants = _guard(kv.list_tenants)
+    table = Table("tenant", "keyspaces", "stored bytes", "quota", "ops r/w", "throttled", "refused")
+    for t in tenants:
+        quota = msgspec.json.encode(t.quota).decode() if t.quota else "-"
+        usage = t.usage
+        table.add_row(
+            t.name,
+            ",".join(t.keyspaces),
+            str(t.stored_bytes),
+            quota,
+            f"{usage['read_ops']}/{usage['write_ops']}",
+            str(usage["throttled"]),
+            str(usage["refused"]),
+        )
+    console.print(table)
+
+
+@tenant_app.command("quota")
+def tenant_quota(
+    name: str,
+    addr: AddrOpt = "127.0.0.1:7379",
+    admin_token: AdminTokenOpt = None,
+    keyspace: Annotated[str | None, typer.Option(help="Set a keyspace's quota.")] = None,
+    read_ops: ReadOpsOpt = None,
+    write_ops: WriteOpsOpt = None,
+    read_bytes: ReadBytesOpt = None,
+    write_bytes: WriteBytesOpt = None,
+    stored_bytes: StoredBytesOpt = None,
+    burst_s: BurstOpt = 1.0,
+) -> None:
+    """Replace a tenant's (or keyspace's) quota at run time; no limits given removes it."""
+    quota = _quota(read_ops, write_ops, read_bytes, write_bytes, stored_bytes, burst_s)
+    with _admin(addr, admin_token) as kv:
+        _guard(lambda: kv.set_quota(name, quota, keyspace=keyspace))
+    console.print(f"quota of {name}{'/' + keyspace if keyspace else ''} set")
+
+
+@tenant_app.command("delete")
+def tenant_delete(
+    name: str, addr: AddrOpt = "127.0.0.1:7379", admin_token: AdminTokenOpt = None
+) -> None:
+    """Delete a tenant and all its data."""
+    with _admin(addr, admin_token) as kv:
+        _guard(lambda: kv.delete_tenant(name))
+    console.print(f"deleted tenant {name}")
+
+
+@tenant_app.command("rotate-token")
+def tenant_rotate(
+    name: str, addr: AddrOpt = "127.0.0.1:7379", admin_token: AdminTokenOpt = None
+) -> None:
+    """Give a tenant (or 'admin') a new token; the old one stops working at once."""
+    with _admin(addr, admin_token) as kv:
+        created = _guard(lambda: kv.rotate_token(name))
+    console.print(f"tenant {created.name} token {created.token}", highlight=False)
+
+
 @app.command()
 def status(
     addr: AddrOpt = "127.0.0.1:7379",
@@ -236,6 +379,21 @@ def status(
             str(applied),
         )
     console.print(table)
+    tenants = Table(
+        "tenant", "read ops", "write ops", "read B", "write B", "stored B", "throttled", "refused"
+    )
+    columns = (
+        "read_ops",
+        "write_ops",
+        "read_bytes",
+        "write_bytes",
+        "stored_bytes",
+        "throttled",
+        "refused",
+    )
+    for name, usage in info.get("tenants", {}).items():
+        tenants.add_row(name, *(str(usage[column]) for column in columns))
+    console.print(tenants)
 
 
 @app.command(

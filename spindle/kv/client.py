@@ -35,6 +35,7 @@ from spindle.kv.errors import (
     error_from_code,
 )
 from spindle.kv.keys import hash_prefix
+from spindle.kv.tenancy import Quota
 from spindle.kv.values import Stored
 
 T = TypeVar("T")
@@ -156,8 +157,14 @@ class AsyncClient:
         keyspace: str = "default",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = limits.CLIENT_RETRIES_MAX,
+        tenant: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.seed = parse_address(address or os.environ.get("SPINDLE_ADDR", DEFAULT_ADDRESS))
+        self.tenant = tenant or os.environ.get("SPINDLE_TENANT") or None
+        self.token = token or os.environ.get("SPINDLE_TOKEN") or None
+        if self.token is not None and self.tenant is None:
+            self.tenant = "default"
         self.keyspace = keyspace
         self.timeout_s = timeout_s
         self.retries = retries
@@ -206,6 +213,19 @@ class AsyncClient:
             )
         except (OSError, TimeoutError) as error:
             raise Unavailable(f"cannot connect to {address[0]}:{address[1]}: {error}") from None
+        if self.token is not None:
+            assert self.tenant is not None
+            auth = p.Auth(id=0, tenant=self.tenant, token=self.token)
+            try:
+                response = await asyncio.wait_for(connection.send(auth), self.timeout_s)
+            except TimeoutError:
+                raise Timeout("no answer to authentication") from None
+            if response.error is not None:
+                if connection.transport is not None:
+                    connection.transport.close()
+                raise error_from_code(
+                    response.error.code, response.error.message, response.error.detail
+                )
         self._connections[address] = connection
         return connection
 
@@ -548,6 +568,28 @@ class AsyncClient:
     async def status(self) -> dict[str, Any]:
         return await self.call(p.Status(id=0), dict, idempotent=True)
 
+    # -- tenants (admin credential) --------------------------------------------------------
+
+    async def create_tenant(self, name: str, quota: Quota | None = None) -> p.TenantCredentials:
+        request = p.CreateTenant(id=0, name=name, quota=quota)
+        return await self.call(request, p.TenantCredentials, idempotent=False)
+
+    async def list_tenants(self) -> list[p.TenantSummary]:
+        return await self.call(p.ListTenants(id=0), list[p.TenantSummary], idempotent=True)
+
+    async def set_quota(
+        self, tenant: str, quota: Quota | None, *, keyspace: str | None = None
+    ) -> p.TenantSummary:
+        request = p.SetQuota(id=0, tenant=tenant, quota=quota, keyspace=keyspace)
+        return await self.call(request, p.TenantSummary, idempotent=True)
+
+    async def delete_tenant(self, name: str) -> bool:
+        return await self.call(p.DeleteTenant(id=0, name=name), bool, idempotent=False)
+
+    async def rotate_token(self, tenant: str) -> p.TenantCredentials:
+        request = p.RotateToken(id=0, tenant=tenant)
+        return await self.call(request, p.TenantCredentials, idempotent=False)
+
 
 class Transaction:
     """Reads record the version they saw; writes are buffered; `commit` sends both and
@@ -609,9 +651,12 @@ def connect(
     *,
     keyspace: str = "default",
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    tenant: str | None = None,
+    token: str | None = None,
 ) -> AsyncClient:
-    """An asyncio client; use as `async with spindle.connect(...) as kv`."""
-    return AsyncClient(address, keyspace=keyspace, timeout_s=timeout_s)
+    """An asyncio client; use as `async with spindle.connect(...) as kv`. Without a token
+    (argument or SPINDLE_TOKEN) a loopback client acts as the default tenant."""
+    return AsyncClient(address, keyspace=keyspace, timeout_s=timeout_s, tenant=tenant, token=token)
 
 
 class Client:
@@ -623,12 +668,16 @@ class Client:
         *,
         keyspace: str = "default",
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        tenant: str | None = None,
+        token: str | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._timeout_s = timeout_s
-        self.aio = AsyncClient(address, keyspace=keyspace, timeout_s=timeout_s)
+        self.aio = AsyncClient(
+            address, keyspace=keyspace, timeout_s=timeout_s, tenant=tenant, token=token
+        )
         try:
             self._run(self.aio.connect())
         except BaseException:
@@ -715,6 +764,23 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return self._run(self.aio.status())
+
+    def create_tenant(self, name: str, quota: Quota | None = None) -> p.TenantCredentials:
+        return self._run(self.aio.create_tenant(name, quota))
+
+    def list_tenants(self) -> list[p.TenantSummary]:
+        return self._run(self.aio.list_tenants())
+
+    def set_quota(
+        self, tenant: str, quota: Quota | None, *, keyspace: str | None = None
+    ) -> p.TenantSummary:
+        return self._run(self.aio.set_quota(tenant, quota, keyspace=keyspace))
+
+    def delete_tenant(self, name: str) -> bool:
+        return self._run(self.aio.delete_tenant(name))
+
+    def rotate_token(self, tenant: str) -> p.TenantCredentials:
+        return self._run(self.aio.rotate_token(tenant))
 
 
 __all__ = [

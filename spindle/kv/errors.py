@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     NOT_LEADER = "NotLeader"
     CONFLICT = "Conflict"
     THROTTLED = "Throttled"
+    QUOTA_EXCEEDED = "QuotaExceeded"
     UNAVAILABLE = "Unavailable"
     TIMEOUT = "Timeout"
     TOO_LARGE = "TooLarge"
@@ -77,6 +78,12 @@ class Throttled(SpindleError):
     code = ErrorCode.THROTTLED
 
 
+class QuotaExceeded(SpindleError):
+    """A write would take the tenant (or keyspace) over its stored-bytes quota."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
 class Unavailable(SpindleError):
     code = ErrorCode.UNAVAILABLE
 
@@ -119,6 +126,7 @@ _BY_CODE: dict[str, type[SpindleError]] = {
         NotLeader,
         Conflict,
         Throttled,
+        QuotaExceeded,
         Unavailable,
         Timeout,
         TooLarge,

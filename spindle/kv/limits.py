@@ -44,3 +44,14 @@ TTL_PURGE_KEYS_PER_PASS_MAX = 1_000
 
 CLIENT_RETRIES_MAX = 5
 """Most times the client retries one idempotent request (WrongShard, connection loss)."""
+
+CONNECTIONS_PER_NODE_MAX = 10_000
+"""Client connections one node accepts at once (binary protocol and RESP together); the
+next one gets an `Unavailable` reply and is closed."""
+
+IDLE_TIMEOUT_S = 600.0
+"""A client connection with nothing in flight and no bytes received for this long is
+closed."""
+
+DISPATCH_BATCH_MAX = 64
+"""Requests the fair dispatcher runs per event-loop turn before letting I/O in."""

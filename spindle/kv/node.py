@@ -29,6 +29,9 @@ from spindle.kv.commands import (
 )
 from spindle.kv.errors import (
     InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
     TooLarge,
     UnknownOperation,
     WrongShard,
@@ -54,6 +57,13 @@ from spindle.kv.shardmap import (
 )
 from spindle.kv.statemachine import ShardState
 from spindle.kv.storage import CF, Engine
+from spindle.kv.tenancy import (
+    ADMIN_TENANT,
+    QuotaEnforcer,
+    hash_token,
+    new_token,
+    token_matches,
+)
 from spindle.kv.values import Stored
 
 Result = Any
@@ -88,6 +98,11 @@ class Node:
         self.catalog.nodes[node_id] = NodeInfo(node_id, host, port)
         if DEFAULT_TENANT not in self.catalog.tenants:
             self.catalog.add_tenant(DEFAULT_TENANT)
+        self.quotas = QuotaEnforcer(lambda: self.clock_ms() / 1000)
+        for tenant in self.catalog.tenants.values():
+            self.quotas.set_quota(tenant.name, tenant.quota)
+            for keyspace_name, quota in tenant.keyspace_quotas.items():
+                self.quotas.set_quota(tenant.name, quota, keyspace_name)
         for keyspace, info in self.catalog.shards():
             if info.node_id == node_id:
                 self._open_shard(keyspace, info)
@@ -107,6 +122,11 @@ class Node:
             p.CreateKeyspace: self._create_keyspace,
             p.ListKeyspaces: self._list_keyspaces,
             p.Status: self._status,
+            p.CreateTenant: self._create_tenant,
+            p.ListTenants: self._list_tenants,
+            p.SetQuota: self._set_quota,
+            p.DeleteTenant: self._delete_tenant,
+            p.RotateToken: self._rotate_token,
         }
         self.ops_served: dict[str, int] = {}
 
@@ -163,11 +183,170 @@ class Node:
     # -- dispatch ------------------------------------------------------------------------
 
     def execute(self, tenant: str, request: p.Request) -> Result:
-        """Run one request; raises SpindleError, or returns a result / future / coroutine."""
-        handler = self._handlers.get(type(request))
+        """Run one request for `tenant`: access control, quota admission, then the
+        handler. Raises SpindleError, or returns a result / future / coroutine."""
+        kind = type(request)
+        handler = self._handlers.get(kind)
         if handler is None:
-            raise UnknownOperation(f"unknown operation {type(request).__name__}")
-        return handler(tenant, request)
+            raise UnknownOperation(f"unknown operation {kind.__name__}")
+        if kind in ADMIN_REQUESTS:
+            if tenant != ADMIN_TENANT:
+                self._refuse(tenant)
+                raise PermissionDenied("tenant management needs the admin credential")
+            return handler(tenant, request)
+        if tenant == ADMIN_TENANT and kind not in SHARED_REQUESTS:
+            raise PermissionDenied(
+                "the admin credential manages tenants; authenticate as a tenant for data"
+            )
+        try:
+            if kind in READ_REQUESTS:
+                assert isinstance(request, p.KeyspaceRequest)
+                ops = len(request.keys) if isinstance(request, p.MultiGet) else 1
+                self.quotas.admit_read(tenant, request.keyspace, ops)
+                value = handler(tenant, request)
+                self.quotas.charge_read_bytes(tenant, request.keyspace, _result_bytes(value))
+                return self._read_result(value)
+            if kind in WRITE_REQUESTS:
+                assert isinstance(request, p.KeyspaceRequest)
+                ops, nbytes = _write_cost(request)
+                self.quotas.admit_write(tenant, request.keyspace, nbytes, ops)
+                if nbytes:
+                    self._check_stored_bytes(tenant, request.keyspace, nbytes)
+            return handler(tenant, request)
+        except NotFound:
+            self._refuse(tenant)
+            raise
+
+    def _refuse(self, tenant: str) -> None:
+        self.quotas.tenant_usage(tenant).refused += 1
+
+    def _check_stored_bytes(self, tenant: str, keyspace_name: str, incoming: int) -> None:
+        info = self.catalog.tenants.get(tenant)
+        if info is None:
+            return
+        scopes: list[tuple[str, int, list[KeyspaceInfo]]] = []
+        if info.quota is not None and info.quota.stored_bytes is not None:
+            owned = [ks for ks in self.catalog.keyspaces.values() if ks.tenant == tenant]
+            scopes.append(("tenant", info.quota.stored_bytes, owned))
+        ks_quota = info.keyspace_quotas.get(keyspace_name)
+        if ks_quota is not None and ks_quota.stored_bytes is not None:
+            keyspace = self.catalog.keyspaces.get(f"{tenant}/{keyspace_name}")
+            scopes.append(("keyspace", ks_quota.stored_bytes, [keyspace] if keyspace else []))
+        for scope, limit, keyspaces in scopes:
+            used = self.stored_bytes(keyspaces)
+            if used + incoming > limit:
+                self.quotas.tenant_usage(tenant).throttled += 1
+                raise QuotaExceeded(
+                    f"{scope} stored-bytes quota of {limit} bytes would be exceeded "
+                    f"({used} stored, {incoming} more)",
+                    detail={"stored_bytes": used, "limit": limit},
+                )
+
+    def stored_bytes(self, keyspaces: list[KeyspaceInfo]) -> int:
+        return sum(
+            self.shards[s.shard_id].state.stored_bytes
+            for ks in keyspaces
+            for s in ks.shards
+            if s.shard_id in self.shards
+        )
+
+    # -- tenants -------------------------------------------------------------------------
+
+    def bootstrap_credentials(self) -> dict[str, str]:
+        """Create the admin token and the default tenant's token if they do not exist yet.
+        Returns the tokens created (the only time they exist in plain text)."""
+        created: dict[str, str] = {}
+        if not self.catalog.admin_token_hash:
+            created[ADMIN_TENANT] = token = new_token()
+            self.catalog.admin_token_hash = hash_token(token)
+        default = self.catalog.tenants[DEFAULT_TENANT]
+        if not default.token_hash:
+            created[DEFAULT_TENANT] = token = new_token()
+            default.token_hash = hash_token(token)
+        if created:
+            self._persist_catalog()
+        return created
+
+    def authenticate(self, tenant: str, token: str) -> bool:
+        if tenant == ADMIN_TENANT:
+            stored = self.catalog.admin_token_hash
+        else:
+            info = self.catalog.tenants.get(tenant)
+            stored = info.token_hash if info is not None else ""
+        ok = bool(stored) and token_matches(token, stored)
+        if not ok:
+            self._refuse(tenant)
+        return ok
+
+    def _create_tenant(self, tenant: str, request: p.CreateTenant) -> Result:
+        if request.quota is not None:
+            request.quota.check()
+        info = self.catalog.add_tenant(request.name)
+        token = new_token()
+        info.token_hash = hash_token(token)
+        info.quota = request.quota
+        self.quotas.set_quota(info.name, info.quota)
+        self._persist_catalog()
+        return self.committer.after_durable(p.TenantCredentials(info.name, token))
+
+    def _rotate_token(self, tenant: str, request: p.RotateToken) -> Result:
+        token = new_token()
+        if request.tenant == ADMIN_TENANT:
+            self.catalog.admin_token_hash = hash_token(token)
+        else:
+            info = self.catalog.tenants.get(request.tenant)
+            if info is None:
+                raise NotFound(f"tenant {request.tenant!r} does not exist")
+            info.token_hash = hash_token(token)
+        self._persist_catalog()
+        return self.committer.after_durable(p.TenantCredentials(request.tenant, token))
+
+    def _set_quota(self, tenant: str, request: p.SetQuota) -> Result:
+        info = self.catalog.tenants.get(request.tenant)
+        if info is None:
+            raise NotFound(f"tenant {request.tenant!r} does not exist")
+        if request.quota is not None:
+            request.quota.check()
+        if request.keyspace is None:
+            info.quota = request.quota
+        elif request.quota is None:
+            info.keyspace_quotas.pop(request.keyspace, None)
+        else:
+            self.catalog.keyspace(request.tenant, request.keyspace)
+            info.keyspace_quotas[request.keyspace] = request.quota
+        self.quotas.set_quota(request.tenant, request.quota, request.keyspace)
+        self._persist_catalog()
+        return self.committer.after_durable(self._tenant_summary(info.name))
+
+    def _delete_tenant(self, tenant: str, request: p.DeleteTenant) -> Result:
+        if request.name == DEFAULT_TENANT:
+            raise InvalidArgument("the default tenant cannot be deleted")
+        for keyspace in self.catalog.drop_tenant(request.name):
+            batch = self.engine.new_batch()
+            prefix = keyspace_prefix(keyspace.keyspace_id)
+            end = keyspace_prefix(keyspace.keyspace_id + 1)
+            batch.delete_range(CF.DATA, prefix, end)
+            batch.delete_range(CF.TTL, prefix, end)
+            for info in keyspace.shards:
+                self.shards.pop(info.shard_id, None)
+            self.committer.write(batch)
+        self._persist_catalog()
+        return self.committer.after_durable(True)
+
+    def _list_tenants(self, tenant: str, request: p.ListTenants) -> Result:
+        return [self._tenant_summary(name) for name in sorted(self.catalog.tenants)]
+
+    def _tenant_summary(self, name: str) -> p.TenantSummary:
+        info = self.catalog.tenants[name]
+        owned = [ks for ks in self.catalog.keyspaces.values() if ks.tenant == name]
+        return p.TenantSummary(
+            name,
+            info.quota,
+            dict(info.keyspace_quotas),
+            sorted(ks.name for ks in owned),
+            self.stored_bytes(owned),
+            msgspec.structs.asdict(self.quotas.tenant_usage(name)),
+        )
 
     # -- routing -------------------------------------------------------------------------
 
@@ -228,8 +407,7 @@ class Node:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
         check_key(request.key)
         internal_key = keyspace.internal_key(request.key)
-        stored = self.shard_for(keyspace, internal_key).state.get(internal_key, self.clock_ms())
-        return self._read_result(stored)
+        return self.shard_for(keyspace, internal_key).state.get(internal_key, self.clock_ms())
 
     def _multi_get(self, tenant: str, request: p.MultiGet) -> Result:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
@@ -240,7 +418,7 @@ class Node:
             check_key(key)
             internal_key = keyspace.internal_key(key)
             found.append(self.shard_for(keyspace, internal_key).state.get(internal_key, now_ms))
-        return self._read_result(found)
+        return found
 
     def _propose(self, shard: Shard, command: Batch | DeleteRange | Purge) -> asyncio.Future[Any]:
         return shard.propose(Entry(self.clock_ms(), command))
@@ -364,8 +542,7 @@ class Node:
                 hi = request.cursor if hi is None else min(hi, request.cursor)
             else:
                 lo = max(lo, request.cursor)
-        page = self._scan_shards(keyspace, lo, hi, request.reverse, request.limit, keep)
-        return self._read_result(page)
+        return self._scan_shards(keyspace, lo, hi, request.reverse, request.limit, keep)
 
     def _scan_shards(
         self,
@@ -477,6 +654,15 @@ class Node:
             "engine_bytes": self.engine.approximate_bytes(),
             "writes": self.committer.written_seq,
             "fsyncs": self.committer.syncs,
+            "tenants": {
+                name: {
+                    **msgspec.structs.asdict(self.quotas.tenant_usage(name)),
+                    "stored_bytes": self.stored_bytes(
+                        [ks for ks in self.catalog.keyspaces.values() if ks.tenant == name]
+                    ),
+                }
+                for name in sorted(self.catalog.tenants)
+            },
             "keyspaces": [
                 {
                     **msgspec.to_builtins(summarize(ks)),
@@ -621,3 +807,37 @@ def keyspace_map(keyspace: KeyspaceInfo, catalog: Catalog) -> dict[str, Any]:
         "shards": keyspace.shards,
         "nodes": {str(node.node_id): [node.host, node.port] for node in catalog.nodes.values()},
     }
+
+
+READ_REQUESTS: frozenset[type[p.Request]] = frozenset({p.Get, p.MultiGet, p.Scan})
+WRITE_REQUESTS: frozenset[type[p.Request]] = frozenset(
+    {p.Put, p.Delete, p.Incr, p.Expire, p.WriteBatch, p.Txn, p.DeleteRangeReq}
+)
+ADMIN_REQUESTS: frozenset[type[p.Request]] = frozenset(
+    {p.CreateTenant, p.ListTenants, p.SetQuota, p.DeleteTenant, p.RotateToken}
+)
+SHARED_REQUESTS: frozenset[type[p.Request]] = frozenset({p.Ping, p.Status})
+"""Requests both tenants and the administrator may make."""
+
+
+def _write_cost(request: p.KeyspaceRequest) -> tuple[int, int]:
+    """(ops, bytes) a write request charges against write quotas."""
+    if isinstance(request, p.Put):
+        return 1, len(request.key) + len(request.value)
+    if isinstance(request, (p.WriteBatch, p.Txn)):
+        nbytes = sum(len(op.key) + len(getattr(op, "value", b"")) for op in request.ops)
+        return max(1, len(request.ops)), nbytes
+    return 1, 0
+
+
+def _result_bytes(value: Any) -> int:
+    """Bytes a read returns, charged against read-bytes quotas."""
+    if value is None:
+        return 0
+    if isinstance(value, Stored):
+        return len(value.value)
+    if isinstance(value, p.ScanPage):
+        return sum(len(item.key) + len(item.value) for item in value.items)
+    if isinstance(value, list):
+        return sum(len(item.value) for item in value if item is not None)
+    return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from spindle.kv.tenancy import Quota
 from spindle.kv.values import Stored
 
 FRAME_HEADER = struct.Struct(">I")
@@ -137,6 +138,38 @@ class Status(Request, tag="status", kw_only=True):
     pass
 
 
+class Auth(Request, tag="auth", kw_only=True):
+    """Authenticate this connection as `tenant` (or as the administrator, tenant "admin")."""
+
+    tenant: str
+    token: str
+
+
+class CreateTenant(Request, tag="create_tenant", kw_only=True, omit_defaults=True):
+    name: str
+    quota: Quota | None = None
+
+
+class ListTenants(Request, tag="list_tenants", kw_only=True):
+    pass
+
+
+class SetQuota(Request, tag="set_quota", kw_only=True, omit_defaults=True):
+    """Replace a tenant's quota (or one keyspace's, with `keyspace`); None removes it."""
+
+    tenant: str
+    quota: Quota | None
+    keyspace: str | None = None
+
+
+class DeleteTenant(Request, tag="delete_tenant", kw_only=True):
+    name: str
+
+
+class RotateToken(Request, tag="rotate_token", kw_only=True):
+    tenant: str
+
+
 AnyRequest = (
     Ping
     | GetShardMap
@@ -153,6 +186,12 @@ AnyRequest = (
     | CreateKeyspace
     | ListKeyspaces
     | Status
+    | Auth
+    | CreateTenant
+    | ListTenants
+    | SetQuota
+    | DeleteTenant
+    | RotateToken
 )
 
 REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(AnyRequest)
@@ -222,6 +261,20 @@ class ScanPage(msgspec.Struct):
 class DeleteRangeResult(msgspec.Struct):
     deleted: int
     """Keys deleted, or -1 when range tombstones were used and the count is unknown."""
+
+
+class TenantCredentials(msgspec.Struct):
+    name: str
+    token: str
+
+
+class TenantSummary(msgspec.Struct):
+    name: str
+    quota: Quota | None
+    keyspace_quotas: dict[str, Quota]
+    keyspaces: list[str]
+    stored_bytes: int
+    usage: dict[str, int]
 
 
 class KeyspaceSummary(msgspec.Struct):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -22,20 +24,25 @@ async def serve(
     port: int = DEFAULT_PORT,
     http_port: int | None = DEFAULT_HTTP_PORT,
     *,
-    on_ready: Callable[[NodeServer], None] | None = None,
+    on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
+    loopback_default_tenant: bool = True,
 ) -> None:
     engine = RocksEngine(data_dir)
     try:
         node = Node(engine, host=host, port=port)
         await node.ensure_default_keyspace()
-        server = NodeServer(node, host, port, http_port)
+        credentials = save_credentials(data_dir, node.bootstrap_credentials())
+        await node.committer.drain()
+        server = NodeServer(
+            node, host, port, http_port, loopback_default_tenant=loopback_default_tenant
+        )
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if on_ready is not None:
-            on_ready(server)
+            on_ready(server, credentials)
         await stop.wait()
         logging.getLogger("spindle.server").info("shutting down")
         await server.stop()
@@ -48,8 +55,42 @@ def run(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     http_port: int | None = DEFAULT_HTTP_PORT,
-    on_ready: Callable[[NodeServer], None] | None = None,
+    on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
+    loopback_default_tenant: bool = True,
 ) -> None:
     import uvloop
 
-    uvloop.run(serve(data_dir, host, port, http_port, on_ready=on_ready))
+    uvloop.run(
+        serve(
+            data_dir,
+            host,
+            port,
+            http_port,
+            on_ready=on_ready,
+            loopback_default_tenant=loopback_default_tenant,
+        )
+    )
+
+
+CREDENTIALS_FILE = "credentials.json"
+"""Tokens made at first start, kept (mode 0600) in the data directory so that `make run`
+can show them again; the catalog itself holds only their hashes."""
+
+
+def save_credentials(data_dir: str, created: dict[str, str]) -> dict[str, str]:
+    """Merge newly created tokens into the data directory's credentials file; returns
+    every token the file knows."""
+    path = os.path.join(data_dir, CREDENTIALS_FILE)
+    known: dict[str, str] = {}
+    if os.path.exists(path):
+        with open(path) as file:
+            known = json.load(file)
+    if created:
+        known.update(created)
+        descriptor = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(known, file, indent=2)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(path + ".tmp", path)
+    return known

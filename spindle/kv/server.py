@@ -9,12 +9,13 @@ share one socket write.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 import typing
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -28,10 +29,13 @@ from spindle.kv.errors import (
     MalformedFrame,
     SpindleError,
     TooLarge,
+    Unauthenticated,
+    Unavailable,
     UnknownOperation,
 )
 from spindle.kv.node import Node
 from spindle.kv.shardmap import DEFAULT_TENANT
+from spindle.kv.tenancy import FairQueue
 
 log = logging.getLogger("spindle.server")
 
@@ -68,11 +72,14 @@ class NodeProtocol(asyncio.Protocol):
         self.server = server
         self.node = server.node
         self.stats = server.stats
-        self.tenant = DEFAULT_TENANT
+        self.tenant: str | None = None
+        """Who this connection acts as; None until it authenticates (see `auth`)."""
+        self.last_active_s = time.monotonic()
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._deferred: list[p.Request] = []
         self._flush_scheduled = False
         self._inflight = 0
         self._paused = False
@@ -86,7 +93,14 @@ class NodeProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
         self.stats.connections_open += 1
         self.stats.connections_total += 1
+        if self.server.open_connections() >= limits.CONNECTIONS_PER_NODE_MAX:
+            self._reply_error(0, Unavailable("too many connections; try another node or later"))
+            self._flush()
+            self._closing = True
+            self.transport.close()
+            return
         self.server.connections.add(self)
+        self.tenant = self.server.default_tenant_for(transport.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.connections_open -= 1
@@ -100,9 +114,13 @@ class NodeProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        deferred, self._deferred = self._deferred, []
+        for request in deferred:
+            self.server.dispatcher.submit(self.tenant or DEFAULT_TENANT, self, request)
         self._process()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active_s = time.monotonic()
         self._buffer += data
         self._process()
 
@@ -159,23 +177,61 @@ class NodeProtocol(asyncio.Protocol):
             return
         op = type(request).__struct_config__.tag
         self.stats.requests[str(op)] += 1
+        if isinstance(request, p.Auth):
+            self._authenticate(request)
+            return
+        if self.tenant is None and not isinstance(request, p.Ping):
+            self._reply_error(
+                request.id,
+                Unauthenticated("authenticate first: {op: auth, tenant: ..., token: ...}"),
+            )
+            return
+        self._inflight += 1
+        self.server.dispatcher.submit(self.tenant or DEFAULT_TENANT, self, request)
+
+    def _authenticate(self, request: p.Auth) -> None:
+        if self.node.authenticate(request.tenant, request.token):
+            self.tenant = request.tenant
+            self._reply(request.id, {"tenant": request.tenant})
+        else:
+            self.tenant = None
+            self._reply_error(request.id, Unauthenticated("wrong tenant or token"))
+
+    def execute(self, request: p.Request) -> None:
+        """Run one request the dispatcher picked (it was counted in flight on arrival).
+        While the client is not draining its responses, requests wait here instead."""
+        if self._write_paused:
+            self._deferred.append(request)
+            return
         try:
-            result = self.node.execute(self.tenant, request)
+            result = self.node.execute(self.tenant or DEFAULT_TENANT, request)
         except SpindleError as error:
+            self._inflight -= 1
             self._reply_error(request.id, error)
             return
         except Exception as error:  # a bug: report it, keep serving
-            log.exception("request %r failed", op)
+            self._inflight -= 1
+            log.exception("request %r failed", type(request).__name__)
             self._reply_error(request.id, Internal(f"{type(error).__name__}: {error}"))
             return
         if isinstance(result, Coroutine):
             result = asyncio.ensure_future(result)
         if isinstance(result, asyncio.Future):
-            self._inflight += 1
             request_id = request.id
             result.add_done_callback(lambda done: self._completed(request_id, done))
         else:
+            self._inflight -= 1
             self._reply(request.id, result)
+            if self._out_bytes >= FLUSH_BYTES:
+                self._flush()  # may call pause_writing
+
+    def after_dispatch(self) -> None:
+        """Called once per dispatcher turn for connections that ran requests."""
+        self._flush()
+        if self._paused and not self._write_paused:
+            self._process()
+        if self._inflight == 0:
+            self.server.idle.set()
 
     def _completed(self, request_id: int, done: asyncio.Future[Any]) -> None:
         self._inflight -= 1
@@ -278,11 +334,60 @@ def _error_response(request_id: int, error: SpindleError) -> p.Response:
     return p.Response(request_id, None, p.ErrorBody(error.code.value, error.message, error.detail))
 
 
+class Dispatcher:
+    """Runs requests in weighted-fair order across tenants (deficit round robin).
+
+    Front ends decode requests and submit them here instead of running them inline; each
+    event-loop turn runs at most `limits.DISPATCH_BATCH_MAX` of them and then lets I/O in.
+    So a tenant flooding the node queues behind its own requests, while another tenant's
+    request waits at most about one round. Bounded: every queued request counts against
+    its connection's in-flight limit.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.queue: FairQueue[tuple[Any, p.Request]] = FairQueue(node.quotas.weight)
+        self._scheduled = False
+
+    def submit(self, tenant: str, connection: Any, request: p.Request) -> None:
+        self.queue.push(tenant, (connection, request))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        queue = self.queue
+        touched: set[Any] = set()
+        for _ in range(min(len(queue), limits.DISPATCH_BATCH_MAX)):
+            connection, request = queue.pop()
+            connection.execute(request)
+            touched.add(connection)
+        for connection in touched:
+            connection.after_dispatch()
+        if queue:
+            asyncio.get_running_loop().call_soon(self._run)
+        else:
+            self._scheduled = False
+
+
 class NodeServer:
     """Serves one node on a binary-protocol port and an HTTP port."""
 
-    def __init__(self, node: Node, host: str, port: int, http_port: int | None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        http_port: int | None,
+        *,
+        loopback_default_tenant: bool = True,
+    ) -> None:
         self.node = node
+        self.loopback_default_tenant = loopback_default_tenant
+        """Like Redis's protected mode: unauthenticated loopback clients act as the default
+        tenant; everyone else must authenticate."""
+        self.dispatcher = Dispatcher(node)
+        self.extra_connections: Callable[[], int] = lambda: 0
+        """Connections of other front ends (RESP) counted against the node's bound."""
         self.host = host
         self.port = port
         self.http_port = http_port
@@ -292,6 +397,27 @@ class NodeServer:
         self._server: asyncio.Server | None = None
         self._http: asyncio.Server | None = None
         self._purger: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def open_connections(self) -> int:
+        return len(self.connections) + self.extra_connections()
+
+    def default_tenant_for(self, peer: Any) -> str | None:
+        if not self.loopback_default_tenant or not isinstance(peer, tuple):
+            return None
+        try:
+            return DEFAULT_TENANT if ipaddress.ip_address(peer[0]).is_loopback else None
+        except ValueError:
+            return None
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(limits.IDLE_TIMEOUT_S / 4)
+            cutoff = time.monotonic() - limits.IDLE_TIMEOUT_S
+            for connection in list(self.connections):
+                idle = connection.inflight == 0 and connection.last_active_s < cutoff
+                if idle and connection.transport is not None:
+                    connection.transport.close()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,6 +432,7 @@ class NodeServer:
             self.http_port = self._http.sockets[0].getsockname()[1]
         self.node.set_address(self.host, self.port)
         self._purger = asyncio.create_task(self._purge_loop())
+        self._sweeper = asyncio.create_task(self._sweep_idle())
 
     async def _purge_loop(self, interval_s: float = 1.0) -> None:
         while True:
@@ -317,8 +444,9 @@ class NodeServer:
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Stop accepting, let in-flight requests finish, make everything durable."""
-        if self._purger is not None:
-            self._purger.cancel()
+        for task in (self._purger, self._sweeper):
+            if task is not None:
+                task.cancel()
         for server in (self._server, self._http):
             if server is not None:
                 server.close()

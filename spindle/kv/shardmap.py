@@ -17,6 +17,7 @@ import msgspec
 from spindle.kv import limits
 from spindle.kv.errors import AlreadyExists, InvalidArgument, NotFound
 from spindle.kv.keys import HASH_PREFIX_BYTES, hash_prefix
+from spindle.kv.tenancy import ADMIN_TENANT, Quota
 
 DEFAULT_TENANT = "default"
 DEFAULT_KEYSPACE = "default"
@@ -91,6 +92,10 @@ class NodeInfo(msgspec.Struct, frozen=True):
 
 class TenantInfo(msgspec.Struct):
     name: str
+    token_hash: str = ""
+    """`salt$sha256`, never the token itself (see tenancy.hash_token)."""
+    quota: Quota | None = None
+    keyspace_quotas: dict[str, Quota] = {}
 
 
 class Catalog(msgspec.Struct):
@@ -103,6 +108,7 @@ class Catalog(msgspec.Struct):
     keyspaces: dict[str, KeyspaceInfo] = {}
     """Keyed by qualified name, `tenant/name`."""
     nodes: dict[int, NodeInfo] = {}
+    admin_token_hash: str = ""
 
     def keyspace(self, tenant: str, name: str) -> KeyspaceInfo:
         found = self.keyspaces.get(qualified(tenant, name))
@@ -112,12 +118,25 @@ class Catalog(msgspec.Struct):
 
     def add_tenant(self, name: str) -> TenantInfo:
         check_name("tenant", name)
+        if name == ADMIN_TENANT:
+            raise InvalidArgument(f"tenant name {name!r} is reserved")
         if name in self.tenants:
             raise AlreadyExists(f"tenant {name!r} already exists")
         tenant = TenantInfo(name)
         self.tenants[name] = tenant
         self.epoch += 1
         return tenant
+
+    def drop_tenant(self, name: str) -> list[KeyspaceInfo]:
+        """Forget a tenant and its keyspaces; returns the keyspaces whose data to delete."""
+        if name not in self.tenants:
+            raise NotFound(f"tenant {name!r} does not exist")
+        del self.tenants[name]
+        dropped = [ks for ks in self.keyspaces.values() if ks.tenant == name]
+        for keyspace in dropped:
+            del self.keyspaces[qualified(keyspace.tenant, keyspace.name)]
+        self.epoch += 1
+        return dropped
 
     def create_keyspace(
         self,
