@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench sim system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.11 not found" >&2; exit 1; }
@@ -26,10 +26,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# redis-cli (Debian package redis-tools) is a real peer in the RESP tests, and
+# redis-server/redis-benchmark the peer of `spindle bench resp`. Installed with apt-get
+# where missing and we are root; otherwise the tests that need them say so and skip.
+system-deps:
+	@command -v redis-cli >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing redis-tools (redis-cli) with apt-get"; \
+			apt-get update -qq >/dev/null && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
+		else echo "note: redis-cli not found and not root: its tests will skip"; fi; }
+
+sim: $(STAMP)
+	$(BIN)/spindle sim --seeds 1000 --faults all
 
 bench: $(STAMP)
 	$(BIN)/spindle bench kv
