@@ -1,0 +1,77 @@
+"""Named bounds of Spindle Functions, with units. Crossing one gives a clear error, never a
+hang or an unbounded allocation. docs/functions.md lists them for users."""
+
+from __future__ import annotations
+
+ARGS_BYTES_MAX = 256 * 1024
+"""Largest encoded (JSON) arguments of one call; a larger submit fails with `ArgsTooLarge`."""
+
+RESULT_BYTES_MAX = 256 * 1024
+"""Largest encoded result kept; a larger result fails the attempt (not retried)."""
+
+ERROR_CHARS_MAX = 2_000
+"""An attempt's error message is cut to this many characters before it is stored."""
+
+BATCH_SUBMIT_MAX = 500
+"""Most calls one `submit_batch` accepts."""
+
+FUNCTION_NAME_CHARS_MAX = 128
+"""Longest function (and tenant) name."""
+
+IDEMPOTENCY_KEY_CHARS_MAX = 256
+"""Longest idempotency key."""
+
+DEADLINE_S_MAX = 24 * 3600.0
+"""Latest deadline a call may have, counted from its submission: one day."""
+
+DEADLINE_S_DEFAULT = 3600.0
+"""A function's default deadline when it names none."""
+
+START_AFTER_S_MAX = 24 * 3600.0
+"""Furthest in the future a call may be asked to start."""
+
+RETENTION_S_DEFAULT = 24 * 3600.0
+"""How long final states (result, error), idempotency keys and dead letters stay queryable."""
+
+LEASE_S_DEFAULT = 10.0
+"""How long a worker owns a call it leased without renewing; after it, another worker may
+run the call again (at-least-once)."""
+
+HEARTBEAT_S_DEFAULT = 2.0
+"""How often a worker renews its leases; must be well under `LEASE_S_DEFAULT`."""
+
+ATTEMPTS_MAX = 100
+"""Largest `max_attempts` a retry policy may set."""
+
+BACKOFF_S_MAX = 3600.0
+"""Longest pause between two attempts of one call."""
+
+TIMEOUT_S_MAX = 3600.0
+"""Longest timeout of one attempt."""
+
+QUEUE_SCAN_BATCH = 64
+"""Ready calls read per queue bucket per poll: the scheduler's look-ahead per bucket."""
+
+SWEEP_BATCH = 256
+"""Delayed calls promoted, or expired leases reclaimed, per bucket per sweep."""
+
+WORKER_SLOTS_MAX = 10_000
+"""Most calls one worker runs at once."""
+
+QUEUE_BUCKETS_MAX = 1_024
+"""Most buckets (store shards) of the queue keyspace."""
+
+QUEUE_BUCKETS_DEFAULT = 8
+"""Buckets (store shards) of the queue keyspace when it is created."""
+
+COMMAND_OUTPUT_BYTES_MAX = RESULT_BYTES_MAX + 64 * 1024
+"""Most bytes read from an external program's stdout (or stderr) per call."""
+
+HTTP_RESPONSE_BYTES_MAX = RESULT_BYTES_MAX + 64 * 1024
+"""Most bytes read from an HTTP function's response body."""
+
+HTTP_SUBMIT_BODY_BYTES_MAX = 8 * 1024 * 1024
+"""Largest request body the HTTP submit API reads."""
+
+LATENCY_SAMPLES_MAX = 1_024
+"""Queueing-delay samples kept per function and criticality for p50/p99."""
