@@ -30,13 +30,16 @@ class ThreadServer:
     """A node serving from its own event loop in a thread, so sync and async tests (and
     the blocking client) can all talk to it over real loopback sockets."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, loopback_default_tenant: bool = True) -> None:
         self.data_dir = data_dir
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.engine = RocksEngine(str(data_dir))
         self.node = Node(self.engine)
-        self.server = NodeServer(self.node, "127.0.0.1", 0, 0)
+        self.server = NodeServer(
+            self.node, "127.0.0.1", 0, 0, loopback_default_tenant=loopback_default_tenant
+        )
+        self.credentials: dict[str, str] = {}
 
     def start(self) -> None:
         self.thread.start()
@@ -44,7 +47,13 @@ class ThreadServer:
 
     async def _start(self) -> None:
         await self.node.ensure_default_keyspace()
+        self.credentials = self.node.bootstrap_credentials()
+        await self.node.committer.drain()
         await self.server.start()
+
+    @property
+    def admin_token(self) -> str:
+        return self.credentials["admin"]
 
     @property
     def address(self) -> str:

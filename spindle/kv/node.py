@@ -286,8 +286,13 @@ class Node:
         info.token_hash = hash_token(token)
         info.quota = request.quota
         self.quotas.set_quota(info.name, info.quota)
-        self._persist_catalog()
-        return self.committer.after_durable(p.TenantCredentials(info.name, token))
+        return self._create_tenant_async(info.name, token)
+
+    async def _create_tenant_async(self, name: str, token: str) -> p.TenantCredentials:
+        """Every tenant starts with a `default` keyspace, so a new tenant can write at
+        once (over RESP, too)."""
+        await self.create_keyspace(name, DEFAULT_KEYSPACE, DEFAULT_SHARDS)
+        return p.TenantCredentials(name, token)
 
     def _rotate_token(self, tenant: str, request: p.RotateToken) -> Result:
         token = new_token()
