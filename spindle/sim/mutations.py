@@ -14,19 +14,24 @@ What catches what (the simulator hunt runs ``HUNT_SEEDS_MAX`` seeds with all fau
 - double-vote, reject-as-ack, commit-backwards, vote-stale-log: the simulator, within a few
   seeds, and Raft tests too.
 - stale-ack: tests/kv/raft/testdata/stale_append_ack.txt. The simulator misses it: the
-  stale ack does harm only if its sender's node leads again after a third leader overwrote
-  its uncommitted entries *and* the late ack completes a quorum for an entry of the new
-  term; random faults have not produced that sequence.
+  stale ack does harm only if the leader it was sent to leads again after a third leader
+  overwrote that leader's uncommitted entries, and the late ack then completes a quorum for
+  an entry of the new term. With the simulator's 3 replicas the third leader needs a vote
+  from one of the two nodes holding the longer log, which only lost unsynced writes allow
+  (the scenario uses 5); random faults have not produced that sequence.
 - stale-read-ack: tests/kv/raft/testdata/stale_read_round_ack.txt (a deposed leader whose
   late round-1 heartbeat ack would confirm a read issued after a new leader committed). The
   simulator misses it: an ack of an earlier round must reach a leader that was deposed in
   the meantime, after a read arrived there and before check_quorum made it step down.
 - commit-old-term: the figure8 scenario and a unit test. The simulator misses it: it needs
   the full figure 8 sequence (three leader changes with crashes at exact points).
-- lease-forever: the lease scenarios (lease_*.txt, read_index.txt) and a unit test. The
-  simulator misses it: check_quorum deposes an isolated leader within two election timeouts,
-  and a new leader needs about as long to be elected and commit, so the window for a stale
-  lease read is rarely open.
+- lease-forever: tests/kv/raft/testdata/lease_deposed_leader_read.txt (a leader cut off from
+  its followers answers a lease read after they elected a new leader that committed a
+  write), the other lease scenarios (which check ``lease_valid`` directly) and a unit test.
+  The simulator misses it: check_quorum deposes a cut-off leader within two election
+  timeouts, so the stale read needs a client's lease read to reach the old leader in the
+  few ticks between the new leader's first commit and that step-down, and to return a value
+  a completed write had already replaced; random faults have not produced that.
 """
 
 from __future__ import annotations

@@ -34,8 +34,9 @@ SCENARIO_FINDS: dict[str, tuple[str, str]] = {
     "stale-read-ack": ("stale_read_round_ack.txt", "ReadState index=3 ctx=r2"),
     # Figure 8: the old-term entry at index 3 is committed by counting replicas.
     "commit-old-term": ("figure8.txt", "1: LEADER term=3 lead=1 vote=1 commit=3"),
-    # The lease of a leader cut off from its followers outlives their promise not to vote.
-    "lease-forever": ("lease_stale_message.txt", "1: lease_valid=True"),
+    # A leader cut off since tick 1 answers a lease read at tick 12 with index 3, although
+    # the others elected 2 at tick 11 and committed "w" at index 5.
+    "lease-forever": ("lease_deposed_leader_read.txt", "ReadState index=3 ctx=r"),
 }
 
 
