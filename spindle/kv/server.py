@@ -172,7 +172,7 @@ class NodeProtocol(asyncio.Protocol):
     def _handle(self, body: bytes) -> None:
         try:
             request = _request_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        except Exception as error:  # msgspec errors, and UnicodeDecodeError on bad UTF-8
             self._reply_bad_request(body, error)
             return
         op = type(request).__struct_config__.tag
@@ -277,7 +277,7 @@ class NodeProtocol(asyncio.Protocol):
         request id when one can be found, so the client can match the error."""
         try:
             generic = _generic_decoder.decode(body)
-        except msgspec.DecodeError:
+        except Exception:  # not msgpack, or a str that is not UTF-8
             self._reply_error(0, MalformedFrame(f"frame body is not msgpack: {error}"))
             return
         request_id = 0
