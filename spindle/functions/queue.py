@@ -15,6 +15,8 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
+import msgspec
+
 from spindle.functions import codec, keys, limits
 from spindle.functions.errors import UnknownCall
 from spindle.functions.spec import CallState, CallStatus, Criticality, FunctionSpec
@@ -273,7 +275,7 @@ class DurableQueue:
     ) -> Entry | None:
         """Take a ready call for `lease_s`; None if someone else took (or cancelled) it."""
         t = now_ms() if at_ms is None else at_ms
-        new = dataclasses.replace(
+        new = msgspec.structs.replace(
             entry.state,
             state=CallStatus.RUNNING,
             attempt=entry.state.attempt + 1,
@@ -286,17 +288,17 @@ class DurableQueue:
     async def renew(self, lease: Entry, lease_s: float, at_ms: int | None = None) -> Entry | None:
         """Extend a lease; None means it was lost (reclaimed or cancelled): stop the call."""
         t = now_ms() if at_ms is None else at_ms
-        new = dataclasses.replace(lease.state, lease_expiry_ms=t + int(lease_s * 1000))
+        new = msgspec.structs.replace(lease.state, lease_expiry_ms=t + int(lease_s * 1000))
         return await self._reindex(lease, new, keys.leased_key(new))
 
     def _final(self, state: CallState, status: CallStatus, t: int, **changes: object) -> CallState:
-        return dataclasses.replace(
+        return msgspec.structs.replace(
             state,
             state=status,
             finished_ms=t,
             lease_owner=None,
             lease_expiry_ms=0,
-            **changes,  # type: ignore[arg-type]
+            **changes,
         )
 
     def _final_ops(self, new: CallState, args_json: bytes | None) -> list[p.BatchOp]:
@@ -356,7 +358,7 @@ class DurableQueue:
         if retry_at_ms >= base.deadline_ms:
             new = self._final(base, CallStatus.EXPIRED, t, error=error, error_type=error_type)
             return new.state if await self._finish(lease, new, None) else None
-        queued = dataclasses.replace(
+        queued = msgspec.structs.replace(
             base,
             state=CallStatus.QUEUED,
             lease_owner=None,
@@ -380,7 +382,7 @@ class DurableQueue:
         """Record that the scheduler held a ready call back for load (for status)."""
         if entry.state.deferred:
             return entry
-        new = dataclasses.replace(entry.state, deferred=True)
+        new = msgspec.structs.replace(entry.state, deferred=True)
         return await self._reindex(entry, new, keys.ready_key(new))
 
     # -- sweeps (run by every worker; idempotent thanks to if_version) ----------------------
@@ -395,7 +397,7 @@ class DurableQueue:
         )
         moved = 0
         for entry in due:
-            new = dataclasses.replace(entry.state, ready_ms=t)
+            new = msgspec.structs.replace(entry.state, ready_ms=t)
             if await self._reindex(entry, new, keys.ready_key(new)) is not None:
                 moved += 1
         return moved
@@ -481,7 +483,7 @@ class DurableQueue:
         args = (await self.args([call_id]))[0]
         if args is None:
             raise UnknownCall(f"the arguments of {call_id} passed their retention")
-        new = dataclasses.replace(
+        new = msgspec.structs.replace(
             state,
             state=CallStatus.QUEUED,
             attempt=0,

@@ -1,0 +1,464 @@
+"""A worker: leases calls from the durable queue and runs many at once.
+
+The I/O shell around the pure parts: it scans the queue buckets, asks the `Scheduler` what
+to start, checks each downstream's `AimdWindow` and the function's global concurrency
+slots, leases with compare-and-set, runs the attempt (asyncio for async functions, a thread
+pool for blocking ones, subprocesses, HTTP), renews leases on a heartbeat and records the
+outcome. Every worker also sweeps: it promotes delayed calls that are due and requeues
+calls whose lease expired (their worker died), so no worker is special.
+
+SIGTERM drains: no new calls are taken, running ones get `drain_s` to finish, the rest are
+handed back to the queue at once. A SIGKILLed worker's calls come back when its leases
+expire (`lease_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from spindle.functions import codec, limits
+from spindle.functions.backpressure import AimdWindow, Outcome, Ticket
+from spindle.functions.errors import PermanentError, RetryableError
+from spindle.functions.queue import SLOT_PREFIX, STATS_PREFIX, DurableQueue, Entry, now_ms
+from spindle.functions.registry import Registered, Registry
+from spindle.functions.runners import classify, run_attempt
+from spindle.functions.scheduler import Candidate, FunctionPolicy, Scheduler
+from spindle.functions.spec import CallStatus, FunctionSpec
+from spindle.functions.stats import WorkerStats, encode_snapshot
+from spindle.functions.timeshift import TimeShifter
+from spindle.kv.client import AsyncClient
+from spindle.kv.errors import Conflict, SpindleError, Throttled
+from spindle.kv.errors import Timeout as StoreTimeout
+
+log = logging.getLogger("spindle.functions.worker")
+
+STORE_LATENCY_TARGET_S = 0.2
+"""A queue scan slower than this counts as store load for time-shifting."""
+
+
+@dataclasses.dataclass
+class WorkerConfig:
+    slots: int = 16
+    threads: int = 8
+    lease_s: float = limits.LEASE_S_DEFAULT
+    heartbeat_s: float = limits.HEARTBEAT_S_DEFAULT
+    poll_s: float = 0.02
+    idle_poll_s_max: float = 0.25
+    sweep_s: float = 0.5
+    stats_s: float = 2.0
+    specs_refresh_s: float = 5.0
+    drain_s: float = 30.0
+    worker_id: str = dataclasses.field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"
+    )
+    aimd: dict[str, float] = dataclasses.field(default_factory=dict)
+    """AimdWindow options for every downstream (initial, minimum, maximum, ...)."""
+    idle_utilisation: float = 0.5
+
+    def validate(self) -> None:
+        assert 1 <= self.slots <= limits.WORKER_SLOTS_MAX, "slots out of range"
+        assert self.heartbeat_s * 2 < self.lease_s, "heartbeat_s must be under lease_s / 2"
+
+
+@dataclasses.dataclass
+class _Running:
+    entry: Entry
+    registered: Registered
+    lock: asyncio.Lock
+    ticket: Ticket | None = None
+    slot: tuple[bytes, int] | None = None
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    handing_back: bool = False
+
+
+class Worker:
+    def __init__(self, kv: AsyncClient, registry: Registry, config: WorkerConfig) -> None:
+        config.validate()
+        self.kv = kv
+        self.registry = registry
+        self.config = config
+        self.queue = DurableQueue(kv)
+        self.remote_specs: dict[str, FunctionSpec] = {}
+        self.expected_run_ms: dict[str, float] = {}
+        self.shifter = TimeShifter(idle_utilisation=config.idle_utilisation)
+        self.scheduler = Scheduler(config.slots, self._policy, self.shifter)
+        self.windows: dict[str, AimdWindow] = {}
+        self.running: dict[str, _Running] = {}
+        self.stats = WorkerStats()
+        self.store_load = 0.0
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="spindle-fn")
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self.completed = 0
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def _registered(self, function: str) -> Registered | None:
+        local = self.registry.get(function)
+        if local is not None:
+            return local
+        spec = self.remote_specs.get(function)
+        if spec is not None and spec.kind in ("command", "http"):
+            return Registered(spec)
+        return None
+
+    def _policy(self, function: str) -> FunctionPolicy:
+        registered = self._registered(function)
+        if registered is None:
+            return FunctionPolicy()
+        spec = registered.spec
+        return FunctionPolicy(
+            concurrency_limit=spec.concurrency_limit,
+            reserved_share=spec.quota.reserved_share,
+            opportunistic=spec.quota.opportunistic,
+            expected_run_ms=int(self.expected_run_ms.get(function, 1000.0)),
+        )
+
+    def _attempts_max(self, function: str) -> int:
+        registered = self._registered(function)
+        if registered is not None:
+            return registered.spec.retry.max_attempts
+        spec = self.remote_specs.get(function)
+        return spec.retry.max_attempts if spec is not None else 3
+
+    def window(self, downstream: str) -> AimdWindow:
+        found = self.windows.get(downstream)
+        if found is None:
+            found = self.windows[downstream] = AimdWindow(**self.config.aimd)
+        return found
+
+    # -- main ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then drain."""
+        await self.queue.open()
+        for spec in self.registry.specs():
+            await self.queue.publish(spec)
+        await self._refresh_specs()
+        loops = [
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._sweep_loop()),
+            asyncio.create_task(self._stats_loop()),
+            asyncio.create_task(self._specs_loop()),
+        ]
+        dispatcher = asyncio.create_task(self._dispatch_loop())
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+            await self._drain()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(SpindleError):
+                await self._flush_stats()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self) -> None:
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            log.info("draining %d running calls (up to %.1fs)", len(tasks), self.config.drain_s)
+            await asyncio.wait(tasks, timeout=self.config.drain_s)
+        for running in list(self.running.values()):
+            running.handing_back = True
+            if running.task is not None:
+                running.task.cancel()
+        rest = [r.task for r in self.running.values() if r.task is not None]
+        if rest:
+            await asyncio.wait(rest, timeout=10)
+
+    async def _refresh_specs(self) -> None:
+        self.remote_specs = {spec.name: spec for spec in await self.queue.specs()}
+
+    async def _specs_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.specs_refresh_s)
+            with contextlib.suppress(SpindleError):
+                await self._refresh_specs()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    async def _scan(self) -> list[Entry]:
+        started = time.monotonic()
+        overloaded = False
+        try:
+            pages = await asyncio.gather(
+                *(self.queue.ready(bucket) for bucket in range(self.queue.buckets))
+            )
+        except (Throttled, StoreTimeout):
+            overloaded = True
+            pages = []
+        overloaded = overloaded or time.monotonic() - started > STORE_LATENCY_TARGET_S
+        self.store_load += 0.1 * (float(overloaded) - self.store_load)
+        return [entry for page in pages for entry in page]
+
+    async def _dispatch_loop(self) -> None:
+        idle_s = self.config.poll_s
+        while not self._stopping:
+            if self.scheduler.running_total >= self.config.slots:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                started = await self._dispatch_once()
+            except SpindleError as error:
+                log.warning("dispatch: %s", error)
+                started = 0
+            except Exception:
+                log.exception("dispatch failed; retrying")
+                started = 0
+            if started:
+                idle_s = self.config.poll_s
+                await asyncio.sleep(0)
+            else:
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), idle_s)
+                idle_s = min(self.config.idle_poll_s_max, idle_s * 2)
+
+    async def _dispatch_once(self) -> int:
+        entries = await self._scan()
+        t = now_ms()
+        self.shifter.observe(t / 1000, max(self.scheduler.utilisation, self.store_load))
+        by_id: dict[str, Entry] = {}
+        candidates: list[Candidate] = []
+        for entry in entries:
+            state = entry.state
+            if state.call_id in self.running or self._registered(state.function) is None:
+                continue
+            by_id[state.call_id] = entry
+            candidates.append(
+                Candidate(
+                    state.call_id,
+                    state.function,
+                    state.tenant,
+                    state.criticality,
+                    state.deadline_ms,
+                    state.submitted_ms,
+                )
+            )
+        decision = self.scheduler.pick(t, candidates, self.store_load)
+        for candidate in decision.expired:
+            found = by_id.get(candidate.call_id)
+            if found is not None and await self.queue.expire(found, t):
+                self.stats.finished(candidate.function, candidate.criticality.name.lower(), t, True)
+        for candidate in decision.deferred:
+            entry = by_id[candidate.call_id]
+            if not entry.state.deferred:
+                await self.queue.mark_deferred(entry)
+        started = 0
+        for candidate in decision.start:
+            if await self._try_start(by_id[candidate.call_id]):
+                started += 1
+        return started
+
+    async def _try_start(self, entry: Entry) -> bool:
+        state = entry.state
+        registered = self._registered(state.function)
+        assert registered is not None
+        spec = registered.spec
+        ticket: Ticket | None = None
+        if spec.downstream is not None:
+            ticket = self.window(spec.downstream).try_acquire()
+            if ticket is None:
+                return False  # stays queued until the window has room
+        slot: tuple[bytes, int] | None = None
+        if spec.concurrency_limit is not None:
+            slot = await self._acquire_slot(spec.name, spec.concurrency_limit)
+            if slot is None:
+                self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
+                return False
+        self.scheduler.started(state.function, state.tenant)
+        lease = await self.queue.lease(entry, self.config.worker_id, self.config.lease_s)
+        if lease is None:
+            self.scheduler.finished(state.function, state.tenant)
+            self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
+            await self._release_slot(slot)
+            return False
+        running = _Running(lease, registered, asyncio.Lock(), ticket, slot)
+        self.running[state.call_id] = running
+        delay_ms = lease.state.started_ms - max(state.ready_ms, state.not_before_ms)
+        self.stats.started(state.function, state.criticality.name.lower(), delay_ms)
+        running.task = asyncio.create_task(self._execute(running))
+        return True
+
+    def _release_ticket(
+        self, spec: FunctionSpec, ticket: Ticket | None, outcome: Outcome, latency_s: float
+    ) -> None:
+        if ticket is not None and spec.downstream is not None:
+            self.window(spec.downstream).release(ticket, outcome, latency_s)
+
+    # -- global concurrency slots (one store key per slot, held with a TTL) ----------------
+
+    async def _acquire_slot(self, function: str, limit: int) -> tuple[bytes, int] | None:
+        ttl_ms = int(self.config.lease_s * 1000)
+        for index in random.sample(range(limit), min(limit, 3)):
+            key = SLOT_PREFIX + f"{function}/{index}".encode()
+            try:
+                version = await self.kv.put(
+                    key,
+                    self.config.worker_id.encode(),
+                    if_absent=True,
+                    ttl_ms=ttl_ms,
+                    keyspace=self.queue.meta_keyspace,
+                )
+            except Conflict:
+                continue
+            return key, version
+        return None
+
+    async def _release_slot(self, slot: tuple[bytes, int] | None) -> None:
+        if slot is not None:
+            with contextlib.suppress(Conflict):
+                await self.kv.delete(slot[0], if_version=slot[1], keyspace=self.queue.meta_keyspace)
+
+    # -- one call ------------------------------------------------------------------------
+
+    async def _execute(self, running: _Running) -> None:
+        state = running.entry.state
+        spec = running.registered.spec
+        started = time.monotonic()
+        outcome = Outcome.NEUTRAL
+        try:
+            raw = (await self.queue.args([state.call_id]))[0]
+            args: Any = None if raw is None else codec.decode_json(raw)
+            try:
+                result = await asyncio.wait_for(
+                    run_attempt(
+                        running.registered, state.call_id, state.attempt, args, self.executor
+                    ),
+                    spec.timeout_s,
+                )
+                result_json = codec.encode_json(result)
+                if len(result_json) > limits.RESULT_BYTES_MAX:
+                    raise PermanentError(
+                        f"result of {len(result_json)} bytes exceeds RESULT_BYTES_MAX"
+                    )
+            except Exception as error:
+                error_type, overload = classify(error)
+                outcome = Outcome.OVERLOAD if overload else Outcome.NEUTRAL
+                await self._failed(running, error, error_type, overload)
+                return
+            outcome = Outcome.SUCCESS
+            async with running.lock:
+                if not running.lost:
+                    await self.queue.succeed(running.entry, result_json)
+            self._finished_stats(running, CallStatus.SUCCEEDED)
+        except asyncio.CancelledError:
+            if running.handing_back and not running.lost:
+                async with running.lock:
+                    with contextlib.suppress(SpindleError):
+                        await self.queue.fail(running.entry, "worker drained", "Drained", now_ms())
+        except SpindleError as error:
+            log.warning("call %s: store error %s; its lease will expire", state.call_id, error)
+        finally:
+            elapsed_s = time.monotonic() - started
+            previous = self.expected_run_ms.get(spec.name, elapsed_s * 1000)
+            self.expected_run_ms[spec.name] = previous + 0.2 * (elapsed_s * 1000 - previous)
+            self._release_ticket(spec, running.ticket, outcome, elapsed_s)
+            await self._release_slot(running.slot)
+            self.running.pop(state.call_id, None)
+            self.scheduler.finished(state.function, state.tenant)
+            self.completed += 1
+            self._slot_free.set()
+
+    async def _failed(
+        self, running: _Running, error: BaseException, error_type: str, overload: bool
+    ) -> None:
+        state = running.entry.state
+        policy = running.registered.spec.retry
+        retryable = not isinstance(error, PermanentError) and (
+            isinstance(error, RetryableError) or overload or policy.retries(error_type)
+        )
+        t = now_ms()
+        retry_at_ms: int | None = None
+        if retryable and state.attempt < policy.max_attempts:
+            retry_at_ms = t + int(policy.backoff_s(state.attempt, random.random()) * 1000)
+        message = str(error) or error_type
+        async with running.lock:
+            if running.lost:
+                return
+            status = await self.queue.fail(running.entry, message, error_type, retry_at_ms, t)
+        if status is not None and status.final:
+            self._finished_stats(running, status)
+
+    def _finished_stats(self, running: _Running, status: CallStatus) -> None:
+        state = running.entry.state
+        t = now_ms()
+        missed = status == CallStatus.EXPIRED or t > state.deadline_ms
+        self.stats.finished(state.function, state.criticality.name.lower(), t, missed)
+
+    # -- background loops ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            await asyncio.gather(
+                *(self._renew(running) for running in list(self.running.values())),
+                return_exceptions=True,
+            )
+
+    async def _renew(self, running: _Running) -> None:
+        async with running.lock:
+            if running.lost or running.task is None or running.task.done():
+                return
+            renewed = await self.queue.renew(running.entry, self.config.lease_s)
+            if renewed is None:
+                log.info("lost the lease of %s (cancelled or reclaimed)", running.entry.key)
+                running.lost = True
+                running.task.cancel()
+                return
+            running.entry = renewed
+        if running.slot is not None:
+            key, version = running.slot
+            with contextlib.suppress(Conflict):
+                new_version = await self.kv.put(
+                    key,
+                    self.config.worker_id.encode(),
+                    if_version=version,
+                    ttl_ms=int(self.config.lease_s * 1000),
+                    keyspace=self.queue.meta_keyspace,
+                )
+                running.slot = (key, new_version)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_s)
+            try:
+                for bucket in range(self.queue.buckets):
+                    await self.queue.promote_due(bucket)
+                    await self.queue.reclaim_expired(bucket, self._attempts_max)
+            except SpindleError as error:
+                log.warning("sweep: %s", error)
+            except Exception:
+                log.exception("sweep failed; retrying")
+            if self.queue.buckets and not self.running:
+                self._slot_free.set()
+
+    async def _flush_stats(self) -> None:
+        snapshot = encode_snapshot(self.stats.snapshot(now_ms()))
+        await self.kv.put(
+            STATS_PREFIX + self.config.worker_id.encode(),
+            snapshot,
+            ttl_ms=int(max(30.0, self.config.stats_s * 5) * 1000),
+            keyspace=self.queue.meta_keyspace,
+        )
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_s)
+            with contextlib.suppress(SpindleError):
+                await self._flush_stats()
