@@ -34,6 +34,7 @@ from spindle.functions.runners import classify, run_attempt
 from spindle.functions.scheduler import Candidate, FunctionPolicy, Scheduler
 from spindle.functions.spec import CallStatus, FunctionSpec
 from spindle.functions.stats import WorkerStats, encode_snapshot
+from spindle.functions.status import StatusRow, report
 from spindle.functions.timeshift import TimeShifter
 from spindle.kv.client import AsyncClient
 from spindle.kv.errors import Conflict, SpindleError, Throttled
@@ -100,6 +101,8 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self.completed = 0
+        self.status_rows: list[StatusRow] = []
+        """The cluster-wide status report, refreshed with the stats (for /metrics)."""
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class Worker:
             await asyncio.gather(*loops, return_exceptions=True)
             with contextlib.suppress(SpindleError):
                 await self._flush_stats()
+                self.status_rows = await report(self.queue)
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self) -> None:
