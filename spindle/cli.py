@@ -422,6 +422,19 @@ def bench_kv(
     bench_main(seconds=seconds, output=output, quick=quick)
 
 
+@bench_app.command("noisy")
+def bench_noisy(
+    seconds: Annotated[float, typer.Option(help="Duration of each measured phase.")] = 4.0,
+    output: Annotated[str, typer.Option(help="Where to write the JSON results.")] = (
+        "bench-results/noisy.json"
+    ),
+) -> None:
+    """A tenant floods the node: how much does another tenant's p99 rise?"""
+    from spindle.bench.noisy import main as noisy_main
+
+    noisy_main(seconds=seconds, output=output)
+
+
 def main() -> None:
     app()
 

@@ -53,5 +53,11 @@ IDLE_TIMEOUT_S = 600.0
 """A client connection with nothing in flight and no bytes received for this long is
 closed."""
 
-DISPATCH_BATCH_MAX = 64
-"""Requests the fair dispatcher runs per event-loop turn before letting I/O in."""
+DISPATCH_BATCH_MAX = 16
+"""Requests the fair dispatcher runs per event-loop turn before letting I/O in: with the
+bound below, what a newly arrived request may wait behind under overload."""
+
+QUEUED_PER_CONNECTION_MAX = 16
+"""Requests one connection may have decoded and waiting in the fair queue; the rest of its
+pipeline stays undecoded in its buffer (reading paused) until these run. This keeps the
+work queued ahead of another tenant's request small."""

@@ -82,6 +82,8 @@ class NodeProtocol(asyncio.Protocol):
         self._deferred: list[p.Request] = []
         self._flush_scheduled = False
         self._inflight = 0
+        self._queued = 0
+        """Requests decoded and waiting in the fair queue (part of `_inflight`)."""
         self._paused = False
         self._write_paused = False
         self._closing = False
@@ -115,7 +117,7 @@ class NodeProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         deferred, self._deferred = self._deferred, []
-        for request in deferred:
+        for request in deferred:  # still counted in _queued
             self.server.dispatcher.submit(self.tenant or DEFAULT_TENANT, self, request)
         self._process()
 
@@ -129,6 +131,7 @@ class NodeProtocol(asyncio.Protocol):
             not self._write_paused
             and not self._closing
             and self._inflight < limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX
+            and self._queued < limits.QUEUED_PER_CONNECTION_MAX
         )
 
     def _process(self) -> None:
@@ -187,6 +190,7 @@ class NodeProtocol(asyncio.Protocol):
             )
             return
         self._inflight += 1
+        self._queued += 1
         self.server.dispatcher.submit(self.tenant or DEFAULT_TENANT, self, request)
 
     def _authenticate(self, request: p.Auth) -> None:
@@ -203,6 +207,7 @@ class NodeProtocol(asyncio.Protocol):
         if self._write_paused:
             self._deferred.append(request)
             return
+        self._queued -= 1
         try:
             result = self.node.execute(self.tenant or DEFAULT_TENANT, request)
         except SpindleError as error:
@@ -228,7 +233,9 @@ class NodeProtocol(asyncio.Protocol):
     def after_dispatch(self) -> None:
         """Called once per dispatcher turn for connections that ran requests."""
         self._flush()
-        if self._paused and not self._write_paused:
+        if self._buffer and self._can_take_requests():
+            self._process()  # decode more of this connection's pipeline
+        elif self._paused and not self._write_paused:
             self._process()
         if self._inflight == 0:
             self.server.idle.set()
