@@ -1,0 +1,69 @@
+"""Status report and metrics, global concurrency limits, and EDF order through the queue."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from spindle.functions import CallStatus, FunctionsClient
+from spindle.functions.metrics import render
+from spindle.functions.status import report
+
+WAIT_S = 20.0
+
+
+async def test_concurrency_limit_holds_across_two_workers(
+    fx: FunctionsClient, start_worker: Any, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "limited"
+    ids = [await fx.submit("limited", {"seconds": 0.15, "log_dir": str(log_dir)}) for _ in range(8)]
+    await start_worker()
+    await start_worker()
+    for call_id in ids:
+        await fx.result(call_id, wait_s=WAIT_S)
+    spans = [tuple(map(float, p.name.split("-"))) for p in log_dir.iterdir()]
+    assert len(spans) == 8
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most <= 2, spans
+
+
+async def test_edf_order_within_criticality(fx: FunctionsClient, start_worker: Any) -> None:
+    # Submitted in reverse deadline order, into one worker slot: they run by deadline.
+    ids = [await fx.submit("add", {"a": i, "b": 0}, deadline=600 - i * 10) for i in range(6)]
+    urgent = await fx.submit("add", {"a": 99, "b": 0}, deadline=900, criticality="critical")
+    await start_worker(slots=1)
+    for call_id in [*ids, urgent]:
+        await fx.result(call_id, wait_s=WAIT_S)
+    started = {cid: (await fx.status(cid)).started_ms for cid in [*ids, urgent]}
+    order = sorted(started, key=lambda cid: started[cid])
+    assert order == [urgent, *reversed(ids)]
+
+
+async def test_status_report_and_metrics(fx: FunctionsClient, start_worker: Any) -> None:
+    done = [await fx.submit("add", {"a": 1, "b": 1}) for _ in range(3)]
+    failed = await fx.submit("always_fails")
+    queued = await fx.submit("multiply", [1, 2], start_after=3600)
+    await fx.submit("deferrable_noop", start_after=3600)
+    running = await start_worker()
+    for call_id in done:
+        await fx.result(call_id, wait_s=WAIT_S)
+    for _ in range(200):
+        if (await fx.status(failed)).state == CallStatus.FAILED:
+            break
+        await asyncio.sleep(0.05)
+    await running.worker._flush_stats()
+    rows = {(r.function, r.criticality): r for r in await report(fx.queue)}
+    add = rows[("add", "normal")]
+    assert add.succeeded == 3 and add.queued == 0 and add.running == 0
+    assert add.queue_delay_p50_ms is not None and add.throughput_per_s > 0
+    assert rows[("always_fails", "normal")].dead_letters == 1
+    assert rows[("multiply", "normal")].delayed == 1
+    assert rows[("deferrable_noop", "deferrable")].delayed == 1
+    await fx.cancel(queued)
+    rows = {(r.function, r.criticality): r for r in await report(fx.queue)}
+    assert rows[("multiply", "normal")].delayed == 0
+    text = render(list(rows.values())).decode()
+    assert (
+        'spindle_functions_dead_letters{criticality="normal",function="always_fails"} 1.0' in text
+    )
