@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spindle.functions.cli import functions_app
+from spindle.functions.cli import worker as functions_worker
 from spindle.kv.errors import SpindleError
 
 T = TypeVar("T")
@@ -31,6 +33,8 @@ bench_app = typer.Typer(
 app.add_typer(kv_app, name="kv")
 app.add_typer(keyspace_app, name="keyspace")
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(functions_app, name="functions")
+app.command("worker")(functions_worker)
 app.add_typer(bench_app, name="bench")
 
 console = Console()
