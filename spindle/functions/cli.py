@@ -1,7 +1,7 @@
 """CLI: `spindle functions ...` (functions_app) and `spindle worker` (the `worker` command
 function). Heavy imports happen inside the commands, so `spindle --help` stays fast.
 
-Run standalone as `python -m spindle.functions.cli functions|worker ...`.
+Run standalone as `python -m spindle.functions.cli functions|worker|http ...`.
 """
 
 from __future__ import annotations
@@ -219,6 +219,36 @@ def register(
     typer.echo(f"registered {name}")
 
 
+@functions_app.command("http")
+def http(
+    addr: AddrOpt = DEFAULT_ADDR,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8090,
+) -> None:
+    """Serve the HTTP submit API (POST /v1/calls, GET /v1/calls/{id}, ...) until SIGTERM."""
+    import logging
+    import signal
+
+    from spindle.functions.client import FunctionsClient
+    from spindle.functions.http_api import FunctionsHttpServer
+
+    logging.basicConfig(level=os.environ.get("SPINDLE_LOG", "INFO"))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with FunctionsClient(addr) as client:
+            server = FunctionsHttpServer(client, host, port)
+            await server.start()
+            print(f"functions http api on {host}:{server.port}", flush=True)
+            await stop.wait()
+            await server.close()
+
+    asyncio.run(main())
+
+
 def worker(
     app: Annotated[
         str | None,
@@ -277,6 +307,7 @@ def main() -> None:
     root = typer.Typer(no_args_is_help=True)
     root.add_typer(functions_app, name="functions")
     root.command("worker")(worker)
+    root.command("http")(http)
     root()
 
 

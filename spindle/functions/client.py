@@ -171,6 +171,10 @@ class FunctionsClient:
         """Store a call durably and return its id. `args`: a JSON object (keyword
         arguments), array (positional) or null."""
         request = CallRequest(function, args, idempotency_key, start_after, deadline, criticality)
+        return await self.submit_request(request)
+
+    async def submit_request(self, request: CallRequest) -> str:
+        """`submit` of a prepared `CallRequest`."""
         base_ms = now_ms()
         call = await self._prepare(request, base_ms)
         call_id, _ = await self.queue.enqueue(call, base_ms)
