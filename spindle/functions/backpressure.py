@@ -50,8 +50,12 @@ class AimdWindow:
         self.epoch = 0
         self.decreases = 0
 
+    @property
+    def full(self) -> bool:
+        return self.in_flight + 1 > max(self.minimum, int(self.window))
+
     def try_acquire(self) -> Ticket | None:
-        if self.in_flight + 1 > max(self.minimum, int(self.window)):
+        if self.full:
             return None
         self.in_flight += 1
         return Ticket(self.epoch)

@@ -121,6 +121,11 @@ def section(bucket: int, tag: bytes) -> bytes:
     return bucket_prefix(bucket) + tag
 
 
+def section_end(bucket: int, tag: bytes) -> bytes:
+    """End key (exclusive) of a whole section: its tag with the last byte incremented."""
+    return bucket_prefix(bucket) + tag[:-1] + bytes([tag[-1] + 1])
+
+
 def section_until(bucket: int, tag: bytes, until_ms: int) -> bytes:
     """End key (exclusive) of the entries of a time-ordered section due by `until_ms`."""
     return bucket_prefix(bucket) + tag + _U64.pack(until_ms + 1)

@@ -52,6 +52,11 @@ TIMEOUT_S_MAX = 3600.0
 QUEUE_SCAN_BATCH = 64
 """Ready calls read per queue bucket per poll: the scheduler's look-ahead per bucket."""
 
+QUEUE_SCAN_PAGES_MAX = 8
+"""Pages of `QUEUE_SCAN_BATCH` a poll reads from one bucket when the calls at its head are
+all blocked (their function at its concurrency limit or window, or not runnable here): the
+bound on how far the worker looks past a blocked head for runnable calls."""
+
 SWEEP_BATCH = 256
 """Delayed calls promoted, or expired leases reclaimed, per bucket per sweep."""
 

@@ -211,9 +211,14 @@ class DurableQueue:
             [keys.args_key(call_id) for call_id in call_ids], keyspace=self.keyspace
         )
 
-    async def ready(self, bucket: int, limit: int = limits.QUEUE_SCAN_BATCH) -> list[Entry]:
-        """The bucket's first ready calls: by criticality, then earliest deadline."""
-        return await self._entries(keys.section(bucket, keys.READY), None, limit)
+    async def ready(
+        self, bucket: int, limit: int = limits.QUEUE_SCAN_BATCH, after: bytes | None = None
+    ) -> list[Entry]:
+        """The bucket's first ready calls: by criticality, then earliest deadline; with
+        `after` (a ready key), the ones that follow it."""
+        if after is None:
+            return await self._entries(keys.section(bucket, keys.READY), None, limit)
+        return await self._entries(after + b"\0", keys.section_end(bucket, keys.READY), limit)
 
     async def ready_of(
         self, bucket: int, criticality: Criticality, limit: int = limits.QUEUE_SCAN_BATCH

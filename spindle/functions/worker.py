@@ -32,7 +32,7 @@ from spindle.functions.queue import SLOT_PREFIX, STATS_PREFIX, DurableQueue, Ent
 from spindle.functions.registry import Registered, Registry
 from spindle.functions.runners import classify, run_attempt
 from spindle.functions.scheduler import Candidate, FunctionPolicy, Scheduler
-from spindle.functions.spec import CallStatus, FunctionSpec
+from spindle.functions.spec import CallState, CallStatus, FunctionSpec
 from spindle.functions.stats import WorkerStats, encode_snapshot
 from spindle.functions.status import StatusRow, report
 from spindle.functions.timeshift import TimeShifter
@@ -41,6 +41,10 @@ from spindle.kv.errors import Conflict, SpindleError, Throttled
 from spindle.kv.errors import Timeout as StoreTimeout
 
 log = logging.getLogger("spindle.functions.worker")
+
+SLOTS_FULL_HOLD_MS = 100
+"""After a function's global concurrency slots were all taken, the scan treats its calls as
+blocked this long (and looks past them), rather than asking the store again at once."""
 
 STORE_LATENCY_TARGET_S = 0.2
 """A queue scan slower than this counts as store load for time-shifting."""
@@ -99,6 +103,8 @@ class Worker:
         self.store_load = 0.0
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="spindle-fn")
         self._slot_free = asyncio.Event()
+        self._slots_full_until_ms: dict[str, int] = {}
+        """Functions whose global slots were all taken at the last attempt, until when."""
         self._stopping = False
         self.completed = 0
         self.status_rows: list[StatusRow] = []
@@ -195,12 +201,47 @@ class Worker:
 
     # -- dispatch ------------------------------------------------------------------------
 
+    def _blocked_here(self, state: CallState, t_ms: int) -> bool:
+        """True if the call cannot start on this worker now whatever the scheduler says:
+        running here already, no code for it, its function at its concurrency limit (here,
+        or globally at the last slot attempt) or its downstream window full."""
+        if state.call_id in self.running:
+            return True
+        registered = self._registered(state.function)
+        if registered is None:
+            return True
+        spec = registered.spec
+        if spec.concurrency_limit is not None and (
+            self.scheduler.running_by_function.get(spec.name, 0) >= spec.concurrency_limit
+            or self._slots_full_until_ms.get(spec.name, 0) > t_ms
+        ):
+            return True
+        return spec.downstream is not None and self.window(spec.downstream).full
+
+    async def _scan_bucket(self, bucket: int, wanted: int) -> list[Entry]:
+        """The bucket's ready head; while a full page holds fewer than `wanted` calls that
+        could start here, read on past it (up to QUEUE_SCAN_PAGES_MAX pages), so calls
+        blocked at the head (a function at its limit) do not hide runnable ones behind."""
+        found: list[Entry] = []
+        after: bytes | None = None
+        runnable = 0
+        t = now_ms()
+        for _ in range(limits.QUEUE_SCAN_PAGES_MAX):
+            page = await self.queue.ready(bucket, limits.QUEUE_SCAN_BATCH, after)
+            found += page
+            runnable += sum(not self._blocked_here(entry.state, t) for entry in page)
+            if len(page) < limits.QUEUE_SCAN_BATCH or runnable >= wanted:
+                break
+            after = page[-1].key
+        return found
+
     async def _scan(self) -> list[Entry]:
         started = time.monotonic()
         overloaded = False
+        wanted = max(1, self.config.slots - self.scheduler.running_total)
         try:
             pages = await asyncio.gather(
-                *(self.queue.ready(bucket) for bucket in range(self.queue.buckets))
+                *(self._scan_bucket(bucket, wanted) for bucket in range(self.queue.buckets))
             )
         except (Throttled, StoreTimeout):
             overloaded = True
@@ -241,8 +282,8 @@ class Worker:
         candidates: list[Candidate] = []
         for entry in entries:
             state = entry.state
-            if state.call_id in self.running or self._registered(state.function) is None:
-                continue
+            if state.deadline_ms > t and self._blocked_here(state, t):
+                continue  # leave the slots to calls that can start; expire regardless
             by_id[state.call_id] = entry
             candidates.append(
                 Candidate(
@@ -281,8 +322,12 @@ class Worker:
                 return False  # stays queued until the window has room
         slot: tuple[bytes, int] | None = None
         if spec.concurrency_limit is not None:
+            if self._slots_full_until_ms.get(spec.name, 0) > now_ms():
+                self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
+                return False
             slot = await self._acquire_slot(spec.name, spec.concurrency_limit)
             if slot is None:
+                self._slots_full_until_ms[spec.name] = now_ms() + SLOTS_FULL_HOLD_MS
                 self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
                 return False
         self.scheduler.started(state.function, state.tenant)

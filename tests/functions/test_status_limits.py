@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from spindle.functions import CallStatus, FunctionsClient
+from spindle.functions import CallRequest, CallStatus, FunctionsClient, limits
 from spindle.functions.metrics import render
 from spindle.functions.status import report
 
@@ -67,3 +67,29 @@ async def test_status_report_and_metrics(fx: FunctionsClient, start_worker: Any)
     assert (
         'spindle_functions_dead_letters{criticality="normal",function="always_fails"} 1.0' in text
     )
+
+
+async def test_calls_blocked_at_a_bucket_head_do_not_hide_later_calls(
+    fx: FunctionsClient, start_worker: Any, tmp_path: Path
+) -> None:
+    # More critical `limited` calls (limit 2) than one scan page per bucket holds sit ahead
+    # of a normal `add` in every bucket; the add must still run while they wait.
+    log_dir = str(tmp_path / "limited")
+    blocked = limits.QUEUE_SCAN_BATCH * (fx.queue.buckets + 2)
+    request = CallRequest("limited", {"seconds": 3.0, "log_dir": log_dir}, criticality="critical")
+    head: list[str] = []
+    while len(head) < blocked:
+        head += await fx.submit_batch([request] * min(limits.BATCH_SUBMIT_MAX, blocked - len(head)))
+    pages = [await fx.queue.ready(bucket) for bucket in range(fx.queue.buckets)]
+    assert all(
+        len(page) == limits.QUEUE_SCAN_BATCH and {e.state.function for e in page} == {"limited"}
+        for page in pages
+    ), "every bucket's first page must be blocked calls for this test to mean anything"
+    later = [await fx.submit("add", {"a": i, "b": 1}) for i in range(4)]
+    await start_worker(slots=8)
+    assert [await fx.result(call_id, wait_s=10) for call_id in later] == [1, 2, 3, 4]
+    states = [(await fx.status(call_id)).state for call_id in head]
+    assert states.count(CallStatus.SUCCEEDED) <= 2 and states.count(CallStatus.RUNNING) <= 2
+    for call_id in head:  # let the worker stop without waiting for them
+        if (await fx.status(call_id)).state == CallStatus.QUEUED:
+            await fx.cancel(call_id)
