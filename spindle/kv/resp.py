@@ -200,6 +200,7 @@ class RespConnection(asyncio.Protocol):
         self._closing = False
         self._flush_scheduled = False
         self._process_scheduled = False
+        self._eof = False
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
@@ -245,6 +246,13 @@ class RespConnection(asyncio.Protocol):
             return
         self._buffer += data
         self._process()
+
+    def eof_received(self) -> bool:
+        """The client finished sending (`printf 'SET a b\r\n' | nc ...`): answer what it
+        sent, then close."""
+        self._eof = True
+        self._process()
+        return bool(self._slots)
 
     # -- parsing --------------------------------------------------------------------------
 
@@ -356,6 +364,9 @@ class RespConnection(asyncio.Protocol):
         if self._paused and not self._process_scheduled and self._can_take_commands():
             self._process_scheduled = True
             asyncio.get_running_loop().call_soon(self._process)
+        elif self._eof and not slots and self.transport is not None:
+            self._flush()
+            self.transport.close()
 
     def _encode(self, value: Any) -> bytes:
         return rc.encode(value, self.resp3)

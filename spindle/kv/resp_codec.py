@@ -16,10 +16,10 @@ from typing import Any
 
 from spindle.kv import limits
 
-COMMAND_ARGS_MAX = 4_096
-"""Most arguments (command name included) in one command: MSET of `BATCH_OPS_MAX` pairs
-fits twice over. Beyond it the stream is treated as corrupt (Redis: "invalid multibulk
-length")."""
+COMMAND_ARGS_MAX = 65_536
+"""Most arguments (command name included) in one command (MSET of 32,767 pairs); hiredis
+allocates a list of the declared length, here at most 512 KiB. Beyond it the stream is
+treated as corrupt (Redis: "invalid multibulk length")."""
 BULK_BYTES_MAX = limits.VALUE_BYTES_MAX + 64 * 1024
 """Largest single argument: a value at the value limit plus slack, so a slightly too large
 value gets a clean `-ERR` from the store and the connection stays open; anything larger

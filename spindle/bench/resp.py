@@ -1,0 +1,341 @@
+"""`spindle bench resp`: redis-benchmark against Spindle's RESP port and against a
+redis-server with equal durability, side by side in one run.
+
+Both servers acknowledge a write only once it is on disk: Spindle always fsyncs its log
+(group commit), and redis-server runs with `--appendonly yes --appendfsync always`
+(`--save ''`: no snapshots competing for the disk). Each cell is SET or GET with
+`-c 50` clients, 100-byte values (`-d 100`) and random keys (`-r`), with and without
+pipelining (`-P 16`); cells alternate between the two servers so that drift on the
+machine hits both alike. Printed: requests per second of each and the ratio
+Spindle/Redis. A short calibration run per cell sizes `-n` for about `seconds` per cell.
+
+redis-benchmark and redis-server come from the Debian packages redis-tools and
+redis-server; where missing and running as root with apt-get, they are installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+CLIENTS = 50
+"""redis-benchmark -c: concurrent connections."""
+PIPELINE_DEPTH = 16
+"""redis-benchmark -P of the pipelined cells."""
+VALUE_BYTES = 100
+"""redis-benchmark -d."""
+RANDOM_KEYS = 100_000
+"""redis-benchmark -r: keys are key:000000000000 .. key:000000099999."""
+CALIBRATION_REQUESTS = 5_000
+"""-n of the calibration run of an unpipelined cell (x PIPELINE_DEPTH when pipelined)."""
+START_TIMEOUT_S = 30.0
+CELLS: tuple[tuple[str, int], ...] = (
+    ("set", 1),
+    ("get", 1),
+    ("set", PIPELINE_DEPTH),
+    ("get", PIPELINE_DEPTH),
+)
+TARGET_RATIO = 0.5
+"""The goal for SET and GET unpipelined (issue 3)."""
+
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spindle_server_command(data_dir: str, port: int, resp_port: int) -> list[str]:
+    """The Spindle server subprocess. Until `spindle server` has `--resp-port`, this
+    module serves the node itself (`--serve` below); then this becomes
+    `[sys.executable, "-m", "spindle.cli", "server", "--data-dir", data_dir, "--port",
+    str(port), "--resp-port", str(resp_port), "--http-port", ...]`."""
+    return [
+        sys.executable,
+        "-m",
+        "spindle.bench.resp",
+        "--serve",
+        data_dir,
+        str(port),
+        str(resp_port),
+    ]
+
+
+def redis_server_command(data_dir: str, port: int) -> list[str]:
+    return [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        data_dir,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+
+
+def ensure_tools() -> None:
+    """Install redis-server and redis-tools where missing (root with apt-get), else say
+    how and exit."""
+    missing = [tool for tool in ("redis-benchmark", "redis-server") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        console.print(
+            f"installing redis-server redis-tools with apt-get ({', '.join(missing)} missing)"
+        )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "redis-server", "redis-tools"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        return
+    console.print(
+        f"[red]missing {', '.join(missing)}[/red]: install them with "
+        "`sudo apt-get install -y redis-server redis-tools` (Debian/Ubuntu) or "
+        "`brew install redis` (macOS), then run again"
+    )
+    raise SystemExit(1)
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise RuntimeError(f"{what} exited early:\n{output}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {START_TIMEOUT_S} s")
+
+
+@contextlib.contextmanager
+def running(command: list[str], port: int, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_listening(port, process, what)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def redis_benchmark(port: int, op: str, pipeline: int, requests: int) -> dict[str, float]:
+    """One redis-benchmark run: {rps, avg_ms, p50_ms, p99_ms}."""
+    command = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        str(CLIENTS),
+        "-n",
+        str(requests),
+        "-r",
+        str(RANDOM_KEYS),
+        "-d",
+        str(VALUE_BYTES),
+        "-P",
+        str(pipeline),
+        "-t",
+        op,
+        "--csv",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    rows = [row for row in csv.reader(io.StringIO(done.stdout)) if row]
+    if done.returncode != 0 or len(rows) < 2:
+        raise RuntimeError(
+            f"redis-benchmark failed ({done.returncode}): {done.stdout}{done.stderr}"
+        )
+    header, values = rows[0], rows[1]
+    row = dict(zip(header, values, strict=False))
+    return {
+        "rps": float(row["rps"]),
+        "avg_ms": float(row["avg_latency_ms"]),
+        "p50_ms": float(row["p50_latency_ms"]),
+        "p99_ms": float(row["p99_latency_ms"]),
+    }
+
+
+def measure(port: int, op: str, pipeline: int, seconds: float) -> dict[str, float]:
+    """Calibrate, then run for about `seconds`."""
+    calibration = redis_benchmark(port, op, pipeline, CALIBRATION_REQUESTS * pipeline)
+    requests = max(CALIBRATION_REQUESTS * pipeline, int(calibration["rps"] * seconds))
+    result = redis_benchmark(port, op, pipeline, requests)
+    result["requests"] = requests
+    return result
+
+
+def main(
+    seconds: float = 4.0,
+    runs: int = 1,
+    output: str = "bench-results/resp.json",
+) -> dict[str, Any]:
+    """Run every cell against both servers `runs` times; print medians and ratios."""
+    ensure_tools()
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="spindle-bench-resp-") as tmp:
+        spindle_dir = Path(tmp) / "spindle"
+        redis_dir = Path(tmp) / "redis"
+        spindle_dir.mkdir()
+        redis_dir.mkdir()
+        spindle_port, resp_port, redis_port = free_port(), free_port(), free_port()
+        with (
+            running(
+                spindle_server_command(str(spindle_dir), spindle_port, resp_port),
+                resp_port,
+                "spindle",
+            ),
+            running(redis_server_command(str(redis_dir), redis_port), redis_port, "redis-server"),
+        ):
+            for run in range(runs):
+                for op, pipeline in CELLS:
+                    cell = f"{op.upper()} -P {pipeline}" if pipeline > 1 else op.upper()
+                    for server, port in (("spindle", resp_port), ("redis", redis_port)):
+                        result = measure(port, op, pipeline, seconds)
+                        results.setdefault(cell, {}).setdefault(server, []).append(result)
+                        console.print(
+                            f"run {run + 1}/{runs} {cell:<10} {server:<8} "
+                            f"{result['rps']:>10,.0f} req/s  p50 {result['p50_ms']:.2f} ms"
+                        )
+    summary = summarize(results)
+    show(summary, runs)
+    report = {
+        "benchmark": "resp",
+        "command": f"spindle bench resp --seconds {seconds} --runs {runs}",
+        "clients": CLIENTS,
+        "pipeline_depth": PIPELINE_DEPTH,
+        "value_bytes": VALUE_BYTES,
+        "random_keys": RANDOM_KEYS,
+        "durability": "spindle: fsync per group commit; redis: appendonly yes, appendfsync always",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "cells": summary,
+        "runs": results,
+    }
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(report, indent=2))
+    console.print(f"results written to {output}")
+    return report
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, float]]:
+    summary: dict[str, dict[str, float]] = {}
+    for cell, by_server in results.items():
+        spindle_rps = statistics.median(r["rps"] for r in by_server["spindle"])
+        redis_rps = statistics.median(r["rps"] for r in by_server["redis"])
+        summary[cell] = {
+            "spindle_rps": spindle_rps,
+            "redis_rps": redis_rps,
+            "ratio": spindle_rps / redis_rps if redis_rps else 0.0,
+            "spindle_p50_ms": statistics.median(r["p50_ms"] for r in by_server["spindle"]),
+            "redis_p50_ms": statistics.median(r["p50_ms"] for r in by_server["redis"]),
+        }
+    return summary
+
+
+def show(summary: dict[str, dict[str, float]], runs: int) -> None:
+    table = Table(
+        title=f"redis-benchmark -c {CLIENTS} -d {VALUE_BYTES} -r {RANDOM_KEYS} (median of {runs})"
+    )
+    for column in (
+        "cell",
+        "Spindle req/s",
+        "Redis req/s",
+        "Spindle/Redis",
+        "p50 Spindle",
+        "p50 Redis",
+    ):
+        table.add_column(column, justify="right")
+    for cell, row in summary.items():
+        unpipelined = "-P" not in cell
+        ratio = f"{row['ratio']:.2f}x"
+        if unpipelined:
+            ratio += " ok" if row["ratio"] >= TARGET_RATIO else f" (target {TARGET_RATIO}x)"
+        table.add_row(
+            cell,
+            f"{row['spindle_rps']:,.0f}",
+            f"{row['redis_rps']:,.0f}",
+            ratio,
+            f"{row['spindle_p50_ms']:.2f} ms",
+            f"{row['redis_p50_ms']:.2f} ms",
+        )
+    console.print(table)
+
+
+# -- the Spindle server subprocess (until `spindle server --resp-port`) -------------------
+
+
+async def _serve(data_dir: str, port: int, resp_port: int) -> None:
+    from spindle.kv.node import Node
+    from spindle.kv.resp import RespServer
+    from spindle.kv.server import NodeServer
+    from spindle.kv.storage import RocksEngine
+
+    engine = RocksEngine(data_dir)
+    try:
+        node = Node(engine, port=port)
+        await node.ensure_default_keyspace()
+        server = NodeServer(node, "127.0.0.1", port, None)
+        await server.start()
+        resp = RespServer(server, "127.0.0.1", resp_port)
+        await resp.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await resp.stop()
+        await server.stop()
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        import uvloop
+
+        uvloop.run(_serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    else:
+        main()
