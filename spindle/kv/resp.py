@@ -21,7 +21,7 @@ import secrets
 import time
 import typing
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -417,10 +417,9 @@ class RespConnection(asyncio.Protocol):
             log.exception("request %r failed", type(request).__name__)
             done(None, Internal(f"{type(failure).__name__}: {failure}"))
             return
-        if isinstance(result, Coroutine):
-            result = asyncio.ensure_future(result)
-        if isinstance(result, asyncio.Future):
-            result.add_done_callback(functools.partial(self._completed, done))
+        if isinstance(result, asyncio.Future) or asyncio.iscoroutine(result):
+            future = asyncio.ensure_future(result)
+            future.add_done_callback(functools.partial(self._completed, done))
         else:
             self._inflight -= 1
             done(result, None)
@@ -444,7 +443,10 @@ class RespConnection(asyncio.Protocol):
             else:
                 log.error("request failed", exc_info=failure)
                 done(None, Internal(f"{type(failure).__name__}: {failure}"))
-        self._schedule_flush()
+        if self._inflight == 0:
+            self._flush()  # nothing else to wait for: one write, no extra loop turn
+        else:
+            self._schedule_flush()
 
     def _reply_with(self, slot: _Slot, render: Callable[[Any], bytes]) -> Done:
         """A continuation that answers `slot` with `render(result)`, or the error."""
@@ -777,6 +779,9 @@ class RespConnection(asyncio.Protocol):
         self._call(p.Get(id=0, keyspace=self.keyspace, key=args[1]), done)
 
     def _set(self, args: list[bytes], slot: _Slot) -> None:
+        if len(args) == 3:
+            self._put(args[1], args[2], _PLAIN_SET, slot)
+            return
         options = _parse_set_options(args, 3, self.node.clock_ms())
         if isinstance(options, bytes):
             self._answer(slot, options)
@@ -1327,6 +1332,10 @@ class _SetOptions:
     if_absent: bool = False
     if_present: bool = False
     get: bool = False
+
+
+_PLAIN_SET = _SetOptions()
+"""SET without options (never mutated)."""
 
 
 def _parse_set_options(args: list[bytes], start: int, now_ms: int) -> _SetOptions | bytes:

@@ -125,9 +125,15 @@ class CommandScanner:
         return newline + 1
 
 
+_HEADER_LINE = re.compile(rb"[*$](-?[0-9]{1,20})\r\n")
+
+
 def _header(buf: bytearray, start: int, size: int, what: str) -> tuple[int, int]:
     """Parse `<type><integer>\\r\\n` at `start`: (value, offset after it), or (0, -1) if the
     line is incomplete."""
+    found = _HEADER_LINE.match(buf, start)
+    if found is not None:  # the common case, in one C call
+        return int(found.group(1)), found.end()
     crlf = buf.find(b"\r\n", start + 1, start + HEADER_LINE_BYTES_MAX)
     if crlf < 0:
         if size - start >= HEADER_LINE_BYTES_MAX:
