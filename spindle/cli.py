@@ -79,6 +79,9 @@ def server(
     http_port: Annotated[
         int, typer.Option(envvar="SPINDLE_HTTP_PORT", help="HTTP: /health /status /metrics.")
     ] = 7380,
+    resp_port: Annotated[
+        int, typer.Option(envvar="SPINDLE_RESP_PORT", help="Redis protocol (RESP2/RESP3).")
+    ] = 6380,
     loopback_default: Annotated[
         bool,
         typer.Option(
@@ -99,6 +102,7 @@ def server(
         console.print(f"[bold]spindle node[/bold] data in {os.path.abspath(data_dir)}")
         console.print(f"  binary protocol  {addr}")
         console.print(f"  http             http://{srv.host}:{srv.http_port}/status")
+        console.print(f"  redis protocol   {srv.host}:{resp_port}  (redis-cli -p {resp_port})")
         for name, token in sorted(credentials.items()):
             label = "admin token" if name == "admin" else f"tenant {name!r} token"
             console.print(f"  {label:<22} {token}", highlight=False)
@@ -111,7 +115,15 @@ def server(
         console.print("Ctrl-C stops the node.", highlight=False)
         sys.stdout.flush()
 
-    run(data_dir, host, port, http_port, on_ready=ready, loopback_default_tenant=loopback_default)
+    run(
+        data_dir,
+        host,
+        port,
+        http_port,
+        on_ready=ready,
+        loopback_default_tenant=loopback_default,
+        resp_port=resp_port,
+    )
     console.print("stopped cleanly")
 
 
@@ -424,6 +436,19 @@ def bench_kv(
     from spindle.bench.kv import main as bench_main
 
     bench_main(seconds=seconds, output=output, quick=quick)
+
+
+@bench_app.command("resp")
+def bench_resp(
+    seconds: Annotated[float, typer.Option(help="Duration of each measured cell.")] = 4.0,
+    runs: Annotated[int, typer.Option(help="Repetitions; medians are printed.")] = 3,
+    output: Annotated[str, typer.Option(help="JSON results.")] = "bench-results/resp.json",
+) -> None:
+    """redis-benchmark against Spindle's RESP port and a redis-server with appendfsync
+    always (equal durability), side by side."""
+    from spindle.bench.resp import main as resp_main
+
+    resp_main(seconds=seconds, runs=runs, output=output)
 
 
 @bench_app.command("noisy")

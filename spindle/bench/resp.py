@@ -15,7 +15,6 @@ redis-server; where missing and running as root with apt-get, they are installed
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -67,18 +66,20 @@ def free_port() -> int:
 
 
 def spindle_server_command(data_dir: str, port: int, resp_port: int) -> list[str]:
-    """The Spindle server subprocess. Until `spindle server` has `--resp-port`, this
-    module serves the node itself (`--serve` below); then this becomes
-    `[sys.executable, "-m", "spindle.cli", "server", "--data-dir", data_dir, "--port",
-    str(port), "--resp-port", str(resp_port), "--http-port", ...]`."""
+    """`spindle server` as a subprocess, its RESP port the one measured."""
     return [
         sys.executable,
         "-m",
-        "spindle.bench.resp",
-        "--serve",
+        "spindle.cli",
+        "server",
+        "--data-dir",
         data_dir,
+        "--port",
         str(port),
+        "--resp-port",
         str(resp_port),
+        "--http-port",
+        str(free_port()),
     ]
 
 
@@ -297,38 +298,5 @@ def show(summary: dict[str, dict[str, float]], runs: int) -> None:
     console.print(table)
 
 
-# -- the Spindle server subprocess (until `spindle server --resp-port`) -------------------
-
-
-async def _serve(data_dir: str, port: int, resp_port: int) -> None:
-    from spindle.kv.node import Node
-    from spindle.kv.resp import RespServer
-    from spindle.kv.server import NodeServer
-    from spindle.kv.storage import RocksEngine
-
-    engine = RocksEngine(data_dir)
-    try:
-        node = Node(engine, port=port)
-        await node.ensure_default_keyspace()
-        server = NodeServer(node, "127.0.0.1", port, None)
-        await server.start()
-        resp = RespServer(server, "127.0.0.1", resp_port)
-        await resp.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await resp.stop()
-        await server.stop()
-    finally:
-        engine.close()
-
-
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        import uvloop
-
-        uvloop.run(_serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-    else:
-        main()
+    main()

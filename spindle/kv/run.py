@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 
 from spindle.kv.node import Node
+from spindle.kv.resp import DEFAULT_RESP_PORT, RespServer
 from spindle.kv.server import NodeServer
 from spindle.kv.storage import RocksEngine
 
@@ -26,6 +27,7 @@ async def serve(
     *,
     on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
     loopback_default_tenant: bool = True,
+    resp_port: int | None = DEFAULT_RESP_PORT,
 ) -> None:
     engine = RocksEngine(data_dir)
     try:
@@ -37,6 +39,10 @@ async def serve(
             node, host, port, http_port, loopback_default_tenant=loopback_default_tenant
         )
         await server.start()
+        resp_server = RespServer(server, host, resp_port) if resp_port is not None else None
+        if resp_server is not None:
+            await resp_server.start()
+            server.resp = resp_server
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,6 +51,8 @@ async def serve(
             on_ready(server, credentials)
         await stop.wait()
         logging.getLogger("spindle.server").info("shutting down")
+        if resp_server is not None:
+            await resp_server.stop()  # before the node closes
         await server.stop()
     finally:
         engine.close()
@@ -57,6 +65,7 @@ def run(
     http_port: int | None = DEFAULT_HTTP_PORT,
     on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
     loopback_default_tenant: bool = True,
+    resp_port: int | None = DEFAULT_RESP_PORT,
 ) -> None:
     import uvloop
 
@@ -68,6 +77,7 @@ def run(
             http_port,
             on_ready=on_ready,
             loopback_default_tenant=loopback_default_tenant,
+            resp_port=resp_port,
         )
     )
 

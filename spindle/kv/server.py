@@ -405,6 +405,8 @@ class NodeServer:
         self._http: asyncio.Server | None = None
         self._purger: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.resp: Any = None
+        """The RESP front end serving this node, if any (for status)."""
 
     def open_connections(self) -> int:
         return len(self.connections) + self.extra_connections()
@@ -516,7 +518,10 @@ class NodeServer:
         status["addresses"] = {
             "binary": f"{self.host}:{self.port}",
             "http": f"{self.host}:{self.http_port}" if self.http_port is not None else None,
+            "resp": self.resp.status()["address"] if self.resp is not None else None,
         }
+        if self.resp is not None:
+            status["resp"] = self.resp.status()
         status["connections_open"] = self.stats.connections_open
         status["requests"] = dict(self.stats.requests)
         status["errors"] = dict(self.stats.errors)
