@@ -425,8 +425,14 @@ class Node:
             found.append(self.shard_for(keyspace, internal_key).state.get(internal_key, now_ms))
         return found
 
-    def _propose(self, shard: Shard, command: Batch | DeleteRange | Purge) -> asyncio.Future[Any]:
-        return shard.propose(Entry(self.clock_ms(), command))
+    def _propose(
+        self,
+        shard: Shard,
+        command: Batch | DeleteRange | Purge,
+        finish: Callable[[int, Any], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        entry = Entry(self.clock_ms(), command)
+        return shard.propose(entry) if finish is None else shard.propose(entry, finish)
 
     def _put(self, tenant: str, request: p.Put) -> Result:
         check_key(request.key)
@@ -447,8 +453,11 @@ class Node:
             request.if_present,
         )
         shard = self.shard_for(keyspace, internal_key)
-        future = self._propose(shard, Batch([op], return_previous=request.return_previous))
-        return _then(future, lambda index, results: _put_result(index, results[0]), shard)
+        return self._propose(
+            shard,
+            Batch([op], return_previous=request.return_previous),
+            lambda index, results: _put_result(index, results[0]),
+        )
 
     def _delete(self, tenant: str, request: p.Delete) -> Result:
         check_key(request.key)
@@ -456,16 +465,22 @@ class Node:
         internal_key = keyspace.internal_key(request.key)
         shard = self.shard_for(keyspace, internal_key)
         op = DeleteOp(internal_key, request.if_version)
-        future = self._propose(shard, Batch([op], return_previous=request.return_previous))
-        return _then(future, lambda index, results: _delete_result(index, results[0]), shard)
+        return self._propose(
+            shard,
+            Batch([op], return_previous=request.return_previous),
+            lambda index, results: _delete_result(index, results[0]),
+        )
 
     def _incr(self, tenant: str, request: p.Incr) -> Result:
         check_key(request.key)
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
         internal_key = keyspace.internal_key(request.key)
         shard = self.shard_for(keyspace, internal_key)
-        future = self._propose(shard, Batch([IncrOp(internal_key, request.delta)]))
-        return _then(future, lambda index, results: p.IncrResult(results[0], index), shard)
+        return self._propose(
+            shard,
+            Batch([IncrOp(internal_key, request.delta)]),
+            lambda index, results: p.IncrResult(results[0], index),
+        )
 
     def _expire(self, tenant: str, request: p.Expire) -> Result:
         check_key(request.key)
@@ -473,8 +488,7 @@ class Node:
         internal_key = keyspace.internal_key(request.key)
         shard = self.shard_for(keyspace, internal_key)
         op = ExpireOp(internal_key, self._expire_at(request.ttl_ms))
-        future = self._propose(shard, Batch([op]))
-        return _then(future, lambda index, results: bool(results[0]), shard)
+        return self._propose(shard, Batch([op]), lambda index, results: bool(results[0]))
 
     def _batch_ops(self, keyspace: KeyspaceInfo, ops: list[p.BatchOp]) -> list[WriteOp]:
         check_count(len(ops), "operations")
@@ -505,8 +519,9 @@ class Node:
         if not ops:
             raise InvalidArgument("a batch needs at least one operation")
         shard = self._one_shard(keyspace, [op.key for op in ops])
-        future = self._propose(shard, Batch(ops))
-        return _then(future, lambda index, results: p.BatchResult(index, results), shard)
+        return self._propose(
+            shard, Batch(ops), lambda index, results: p.BatchResult(index, results)
+        )
 
     def _txn(self, tenant: str, request: p.Txn) -> Result:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
@@ -522,8 +537,9 @@ class Node:
         if not keys:
             raise InvalidArgument("a transaction needs at least one read or write")
         shard = self._one_shard(keyspace, keys)
-        future = self._propose(shard, Batch(ops, reads=reads))
-        return _then(future, lambda index, results: p.BatchResult(index, results), shard)
+        return self._propose(
+            shard, Batch(ops, reads=reads), lambda index, results: p.BatchResult(index, results)
+        )
 
     def _scan(self, tenant: str, request: p.Scan) -> Result:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
@@ -721,25 +737,6 @@ class Node:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _then(
-    future: asyncio.Future[Any], make: Callable[[int, Any], Any], shard: Shard
-) -> asyncio.Future[Any]:
-    """Map a proposal's (index, result) to the response; the index is the version."""
-    loop = future.get_loop()
-    mapped: asyncio.Future[Any] = loop.create_future()
-
-    def done(source: asyncio.Future[Any]) -> None:
-        error = source.exception()
-        if error is not None:
-            mapped.set_exception(error)
-        else:
-            index, result = source.result()
-            mapped.set_result(make(index, result))
-
-    future.add_done_callback(done)
-    return mapped
 
 
 def _put_result(index: int, previous: Any) -> p.PutResult:

@@ -14,6 +14,11 @@ from spindle.kv.resp import DEFAULT_RESP_PORT, RespServer
 from spindle.kv.server import NodeServer
 from spindle.kv.storage import RocksEngine
 
+GIL_SWITCH_INTERVAL_S = 0.001
+"""How long the event loop may hold the GIL while the fsync thread waits for it. Python's
+default (5 ms) lets a busy loop delay every group commit's hand-off by up to that much;
+measured with redis-benchmark SET -c 50: about 21k/s at 5 ms, 26k/s at 1 ms."""
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7379
 DEFAULT_HTTP_PORT = 7380
@@ -67,8 +72,11 @@ def run(
     loopback_default_tenant: bool = True,
     resp_port: int | None = DEFAULT_RESP_PORT,
 ) -> None:
+    import sys
+
     import uvloop
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     uvloop.run(
         serve(
             data_dir,

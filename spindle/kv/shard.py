@@ -9,6 +9,7 @@ changing this module's callers.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from spindle.kv.commands import Entry
@@ -17,11 +18,19 @@ from spindle.kv.groupcommit import GroupCommitter
 from spindle.kv.shardmap import KeyspaceInfo, ShardInfo
 from spindle.kv.statemachine import ShardState
 
+Finish = Callable[[int, Any], Any]
+"""Maps (log index, state-machine result) to what the proposer is answered."""
+
+
+def _pair(index: int, result: Any) -> tuple[int, Any]:
+    return index, result
+
 
 class ShardLog(Protocol):
-    def propose(self, entry: Entry) -> asyncio.Future[Any]:
-        """Order `entry`; the future resolves to (log index, result) once the entry is
-        committed, applied and durable, or raises the error it failed with."""
+    def propose(self, entry: Entry, finish: Finish = _pair) -> asyncio.Future[Any]:
+        """Order `entry`; the future resolves to `finish(log index, result)` once the
+        entry is committed, applied and durable, or raises the error it failed with.
+        (`finish` shapes the response where the result is made: no second future.)"""
         ...
 
 
@@ -37,12 +46,12 @@ class LocalLog:
         self.state = state
         self.committer = committer
 
-    def propose(self, entry: Entry) -> asyncio.Future[Any]:
+    def propose(self, entry: Entry, finish: Finish = _pair) -> asyncio.Future[Any]:
         index = self.state.applied_index + 1
         result = self.state.apply(index, entry)
         if isinstance(result, SpindleError):
             return self.committer.after_durable(result)
-        return self.committer.after_durable((index, result))
+        return self.committer.after_durable(finish(index, result))
 
 
 class Shard:
@@ -60,5 +69,5 @@ class Shard:
     def shard_id(self) -> int:
         return self.info.shard_id
 
-    def propose(self, entry: Entry) -> asyncio.Future[Any]:
-        return self.log.propose(entry)
+    def propose(self, entry: Entry, finish: Finish = _pair) -> asyncio.Future[Any]:
+        return self.log.propose(entry, finish)
