@@ -349,7 +349,7 @@ def main(
                     ("celery", lambda: run_celery(root, url, calls, slots)),
                     ("dramatiq", lambda: run_dramatiq(root, url, calls, slots)),
                 ):
-                    elapsed_s = body()
+                    elapsed_s: float = body()
                     seconds[system].append(elapsed_s)
                     console.print(
                         f"run {run + 1}/{runs} {system}: {elapsed_s:.2f}s, "

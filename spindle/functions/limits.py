@@ -50,7 +50,11 @@ TIMEOUT_S_MAX = 3600.0
 """Longest timeout of one attempt."""
 
 QUEUE_SCAN_BATCH = 64
-"""Ready calls read per queue bucket per poll: the scheduler's look-ahead per bucket."""
+"""Most ready calls read per queue bucket per poll: the scheduler's look-ahead per bucket."""
+
+QUEUE_SCAN_MIN = 8
+"""Fewest ready calls read per bucket per poll; a poll reads max(this, free slots) (at most
+QUEUE_SCAN_BATCH), which holds every call earliest-deadline-first could pick."""
 
 QUEUE_SCAN_PAGES_MAX = 8
 """Pages of `QUEUE_SCAN_BATCH` a poll reads from one bucket when the calls at its head are

@@ -84,6 +84,10 @@ class _Running:
     task: asyncio.Task[None] | None = None
     lost: bool = False
     handing_back: bool = False
+    args_json: bytes | None = None
+    freed: bool = False
+    """The worker slot was given back (the attempt ended; its outcome may still be being
+    written)."""
 
 
 class Worker:
@@ -226,13 +230,19 @@ class Worker:
         after: bytes | None = None
         runnable = 0
         t = now_ms()
+        # The first page holds at least `wanted` calls, so the global EDF picks (the best
+        # `wanted` of all buckets) are in it, but no more than that (plus a floor for the
+        # fairness pass): reading and decoding a full batch per bucket on every poll was
+        # most of the queue's cost when calls are short.
+        size = min(limits.QUEUE_SCAN_BATCH, max(limits.QUEUE_SCAN_MIN, wanted))
         for _ in range(limits.QUEUE_SCAN_PAGES_MAX):
-            page = await self.queue.ready(bucket, limits.QUEUE_SCAN_BATCH, after)
+            page = await self.queue.ready(bucket, size, after)
             found += page
             runnable += sum(not self._blocked_here(entry.state, t) for entry in page)
-            if len(page) < limits.QUEUE_SCAN_BATCH or runnable >= wanted:
+            if len(page) < size or runnable >= wanted:
                 break
             after = page[-1].key
+            size = limits.QUEUE_SCAN_BATCH
         return found
 
     async def _scan(self) -> list[Entry]:
@@ -304,11 +314,12 @@ class Worker:
             entry = by_id[candidate.call_id]
             if not entry.state.deferred:
                 await self.queue.mark_deferred(entry)
-        started = 0
-        for candidate in decision.start:
-            if await self._try_start(by_id[candidate.call_id]):
-                started += 1
-        return started
+        # Leases go out together: each waits for the store's fsync, and one group commit
+        # covers them all.
+        outcomes = await asyncio.gather(
+            *(self._try_start(by_id[candidate.call_id]) for candidate in decision.start)
+        )
+        return sum(outcomes)
 
     async def _try_start(self, entry: Entry) -> bool:
         state = entry.state
@@ -331,13 +342,18 @@ class Worker:
                 self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
                 return False
         self.scheduler.started(state.function, state.tenant)
-        lease = await self.queue.lease(entry, self.config.worker_id, self.config.lease_s)
+        # The args are written once at submit, so they are read alongside the lease (and
+        # thrown away if the lease is lost), saving a round trip per call.
+        lease, args = await asyncio.gather(
+            self.queue.lease(entry, self.config.worker_id, self.config.lease_s),
+            self.queue.args([state.call_id]),
+        )
         if lease is None:
             self.scheduler.finished(state.function, state.tenant)
             self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
             await self._release_slot(slot)
             return False
-        running = _Running(lease, registered, asyncio.Lock(), ticket, slot)
+        running = _Running(lease, registered, asyncio.Lock(), ticket, slot, args_json=args[0])
         self.running[state.call_id] = running
         delay_ms = lease.state.started_ms - max(state.ready_ms, state.not_before_ms)
         self.stats.started(state.function, state.criticality.name.lower(), delay_ms)
@@ -382,7 +398,7 @@ class Worker:
         started = time.monotonic()
         outcome = Outcome.NEUTRAL
         try:
-            raw = (await self.queue.args([state.call_id]))[0]
+            raw = running.args_json
             args: Any = None if raw is None else codec.decode_json(raw)
             try:
                 result = await asyncio.wait_for(
@@ -399,9 +415,13 @@ class Worker:
             except Exception as error:
                 error_type, overload = classify(error)
                 outcome = Outcome.OVERLOAD if overload else Outcome.NEUTRAL
+                self._free(running)
                 await self._failed(running, error, error_type, overload)
                 return
             outcome = Outcome.SUCCESS
+            # The slot is free once the function returned; recording the outcome (an fsync
+            # in the store) overlaps with the next call's lease.
+            self._free(running)
             async with running.lock:
                 if not running.lost:
                     await self.queue.succeed(running.entry, result_json)
@@ -420,8 +440,14 @@ class Worker:
             self._release_ticket(spec, running.ticket, outcome, elapsed_s)
             await self._release_slot(running.slot)
             self.running.pop(state.call_id, None)
-            self.scheduler.finished(state.function, state.tenant)
+            self._free(running)
             self.completed += 1
+
+    def _free(self, running: _Running) -> None:
+        if not running.freed:
+            running.freed = True
+            state = running.entry.state
+            self.scheduler.finished(state.function, state.tenant)
             self._slot_free.set()
 
     async def _failed(
