@@ -343,12 +343,13 @@ def main(
         (root / "bench_celery_app.py").write_text(textwrap.dedent(CELERY_APP))
         (root / "bench_dramatiq_app.py").write_text(textwrap.dedent(DRAMATIQ_APP))
         with redis_server(root) as url:
+            systems: list[tuple[str, Callable[[], float]]] = [
+                ("spindle", lambda: run_spindle(root, calls, slots, workers)),
+                ("celery", lambda: run_celery(root, url, calls, slots)),
+                ("dramatiq", lambda: run_dramatiq(root, url, calls, slots)),
+            ]
             for run in range(runs):
-                for system, body in (
-                    ("spindle", lambda: run_spindle(root, calls, slots, workers)),
-                    ("celery", lambda: run_celery(root, url, calls, slots)),
-                    ("dramatiq", lambda: run_dramatiq(root, url, calls, slots)),
-                ):
+                for system, body in systems:
                     elapsed_s: float = body()
                     seconds[system].append(elapsed_s)
                     console.print(
