@@ -451,6 +451,20 @@ def bench_resp(
     resp_main(seconds=seconds, runs=runs, output=output)
 
 
+@bench_app.command("functions")
+def bench_functions(
+    calls: Annotated[int, typer.Option(help="No-op calls to run.")] = 20_000,
+    slots: Annotated[int, typer.Option(help="Worker slots, the same for every system.")] = 10,
+    output: Annotated[str, typer.Option(help="JSON results.")] = "bench-results/functions.json",
+    quick: Annotated[bool, typer.Option(help="2,000 calls, one run.")] = False,
+) -> None:
+    """Spindle Functions vs Celery and Dramatiq (Redis broker): no-op calls through the
+    same slots, side by side (needs `pip install -e '.[bench]'`)."""
+    from spindle.bench.functions import main as functions_main
+
+    functions_main(calls=calls, slots=slots, output=output, quick=quick)
+
+
 @bench_app.command("noisy")
 def bench_noisy(
     seconds: Annotated[float, typer.Option(help="Duration of each measured phase.")] = 4.0,
