@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/spindle server --data-dir ./.spindle
+	$(BIN)/spindle up --data-dir ./.spindle
 
 lint: $(STAMP)
 	$(BIN)/ruff check spindle tests

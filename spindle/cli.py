@@ -127,6 +127,27 @@ def server(
     console.print("stopped cleanly")
 
 
+@app.command()
+def up(
+    data_dir: Annotated[str, typer.Option(envvar="SPINDLE_DATA_DIR")] = "./.spindle",
+    host: Annotated[str, typer.Option(envvar="SPINDLE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SPINDLE_PORT")] = 7379,
+    http_port: Annotated[int, typer.Option(envvar="SPINDLE_HTTP_PORT")] = 7380,
+    resp_port: Annotated[int, typer.Option(envvar="SPINDLE_RESP_PORT")] = 6380,
+    worker_slots: Annotated[int, typer.Option(help="Calls the worker runs at once.")] = 16,
+    worker_app: Annotated[
+        str | None, typer.Option(help="module:attribute of a functions Registry to run.")
+    ] = None,
+) -> None:
+    """Start the local system in the foreground: a storage node and a function worker
+    (what `make run` runs). Ctrl-C stops everything cleanly."""
+    from spindle.up import UpConfig
+    from spindle.up import up as run_up
+
+    config = UpConfig(data_dir, host, port, http_port, resp_port, worker_slots, worker_app)
+    raise typer.Exit(run_up(config))
+
+
 @kv_app.command("get")
 def kv_get(key: str, addr: AddrOpt = "127.0.0.1:7379", keyspace: KeyspaceOpt = "default") -> None:
     """Print the value of KEY (exit code 2 if absent)."""
