@@ -90,6 +90,8 @@ class _Connection(asyncio.Protocol):
         self.closed = asyncio.Event()
         self._buffer = bytearray()
         self._ids = itertools.count(1)
+        self._out: list[bytes] = []
+        """Frames of this event-loop turn, sent in one socket write at its end."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
@@ -133,8 +135,15 @@ class _Connection(asyncio.Protocol):
             raise InvalidArgument(
                 f"request of {len(body)} bytes exceeds the frame limit {limits.FRAME_BYTES_MAX}"
             )
-        self.transport.write(p.FRAME_HEADER.pack(len(body)) + body)
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(p.FRAME_HEADER.pack(len(body)) + body)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def forget(self, request_id: int) -> None:
         self.pending.pop(request_id, None)

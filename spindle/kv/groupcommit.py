@@ -29,10 +29,12 @@ class GroupCommitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._failure: BaseException | None = None
 
-    def write(self, batch: WriteBatch) -> None:
-        """Apply a batch unsynced; `after_durable` later waits for it."""
+    def write(self, batch: WriteBatch) -> int:
+        """Apply a batch unsynced; returns its sequence number, which `after_seq` (or
+        `after_durable`) later waits for."""
         self.engine.write(batch)
         self.written_seq += 1
+        return self.written_seq
 
     @property
     def dirty(self) -> bool:
@@ -41,14 +43,26 @@ class GroupCommitter:
     def after_durable(self, value: Any) -> asyncio.Future[Any]:
         """A future resolving to `value` (raised, if it is an error) once every write made
         so far is durable."""
+        return self._wait(self.written_seq, value)
+
+    def after_seq(self, seq: int, value: Any) -> Any:
+        """`value` itself if write `seq` is durable already, else a future of it: a read
+        waits only for the writes it may have seen."""
+        if seq <= self.durable_seq and self._failure is None:
+            return value
+        return self._wait(seq, value)
+
+    def _wait(self, seq: int, value: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._failure is not None:
             future.set_exception(SpindleError(f"storage failed: {self._failure}"))
             return future
-        if not self.dirty:
+        if seq <= self.durable_seq:
             _settle(future, value)
             return future
-        self._waiters.append((self.written_seq, future, value))
+        if self._waiters and self._waiters[-1][0] > seq:
+            seq = self._waiters[-1][0]  # keep the waiters in order; it costs no extra fsync
+        self._waiters.append((seq, future, value))
         if not self._syncing:
             self._start_sync()
         return future

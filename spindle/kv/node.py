@@ -129,6 +129,7 @@ class Node:
             p.RotateToken: self._rotate_token,
         }
         self.ops_served: dict[str, int] = {}
+        self._read_seq = 0
 
     def set_address(self, host: str, port: int) -> None:
         self.catalog.nodes[self.node_id] = NodeInfo(self.node_id, host, port)
@@ -203,6 +204,7 @@ class Node:
                 assert isinstance(request, p.KeyspaceRequest)
                 ops = len(request.keys) if isinstance(request, p.MultiGet) else 1
                 self.quotas.admit_read(tenant, request.keyspace, ops)
+                self._read_seq = 0
                 value = handler(tenant, request)
                 self.quotas.charge_read_bytes(tenant, request.keyspace, _result_bytes(value))
                 return self._read_result(value)
@@ -386,10 +388,15 @@ class Node:
         return shard
 
     def _read_result(self, value: Any) -> Result:
-        """Answer a read, after the writes it may have observed are durable."""
-        if self.committer.dirty:
-            return self.committer.after_durable(value)
-        return value
+        """Answer a read, after the writes it may have observed (those of the shards it
+        read, noted in `_read_seq`) are durable."""
+        seq, self._read_seq = self._read_seq, 0
+        return self.committer.after_seq(seq, value)
+
+    def _note_read(self, shard: Shard) -> Shard:
+        if shard.state.last_write_seq > self._read_seq:
+            self._read_seq = shard.state.last_write_seq
+        return shard
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -412,7 +419,8 @@ class Node:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
         check_key(request.key)
         internal_key = keyspace.internal_key(request.key)
-        return self.shard_for(keyspace, internal_key).state.get(internal_key, self.clock_ms())
+        shard = self._note_read(self.shard_for(keyspace, internal_key))
+        return shard.state.get(internal_key, self.clock_ms())
 
     def _multi_get(self, tenant: str, request: p.MultiGet) -> Result:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
@@ -422,7 +430,8 @@ class Node:
         for key in request.keys:
             check_key(key)
             internal_key = keyspace.internal_key(key)
-            found.append(self.shard_for(keyspace, internal_key).state.get(internal_key, now_ms))
+            shard = self._note_read(self.shard_for(keyspace, internal_key))
+            found.append(shard.state.get(internal_key, now_ms))
         return found
 
     def _propose(
@@ -598,6 +607,7 @@ class Node:
             if shard is None:
                 # Another node serves the rest: hand the client a cursor at the boundary.
                 return p.ScanPage(items, end if reverse else start)
+            self._note_read(shard)
             for internal_key, stored in shard.state.scan(
                 start, end, reverse=reverse, now_ms=now_ms, keep=keep
             ):

@@ -52,7 +52,7 @@ class ShardState:
         engine: Engine,
         keyspace_id: int,
         shard_id: int,
-        write: Callable[[WriteBatch], None],
+        write: Callable[[WriteBatch], int],
         *,
         key_offset: int = 0,
     ) -> None:
@@ -61,6 +61,9 @@ class ShardState:
         self.shard_id = shard_id
         self.prefix = keyspace_prefix(keyspace_id)
         self._write = write
+        self.last_write_seq = 0
+        """Group-commit sequence of this shard's latest write: a read of this shard waits
+        until it is durable, and only for it."""
         self.key_offset = key_offset
         """Bytes of hash prefix in front of user keys; error messages show user keys."""
         self._applied_key = applied_key(shard_id)
@@ -130,7 +133,7 @@ class ShardState:
             self._applied_key,
             encode_u64(index) + encode_u64(self.stored_bytes),
         )
-        self._write(batch)
+        self.last_write_seq = self._write(batch)
         self.applied_index = index
         return result
 

@@ -100,6 +100,30 @@ async def test_reads_wait_for_durability_of_what_they_saw() -> None:
     await node.close()
 
 
+async def test_reads_of_other_shards_do_not_wait_for_unsynced_writes() -> None:
+    engine = SlowSyncEngine()
+    engine.release.set()
+    node = Node(engine)
+    await node.ensure_default_keyspace()
+    await node.execute("default", p.CreateKeyspace(id=1, name="r", partitioning="range"))
+    await put(node, b"\xf0-other-shard", b"old", keyspace="r")
+    engine.release.clear()
+    write = asyncio.ensure_future(put(node, b"\x10a", b"v", keyspace="r"))
+    await asyncio.sleep(0.01)
+    other = node.execute("default", p.Get(id=2, key=b"\xf0-other-shard", keyspace="r"))
+    assert not isinstance(other, asyncio.Future), "no unsynced write in that shard"
+    assert other.value == b"old"
+    same = node.execute("default", p.Get(id=3, key=b"\x10a", keyspace="r"))
+    assert isinstance(same, asyncio.Future)
+    scan = node.execute("default", p.Scan(id=4, keyspace="r"))
+    assert isinstance(scan, asyncio.Future), "a scan over the written shard waits too"
+    engine.release.set()
+    assert (await same).value == b"v"
+    assert [item.key for item in (await scan).items] == [b"\x10a", b"\xf0-other-shard"]
+    await write
+    await node.close()
+
+
 async def test_ttl_purge_removes_expired_keys_from_engine() -> None:
     now = [1_000_000]
     engine = MemoryEngine()
