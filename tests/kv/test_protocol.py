@@ -153,8 +153,10 @@ def test_client_that_does_not_read_is_paused_not_buffered(server: ThreadServer) 
     c.sock.sendall((struct.pack(">I", len(body)) + body) * requests)
     import time
 
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
     (connection,) = list(server.server.connections)
+    while not connection._paused and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert connection._paused, "reading from a client that does not read must pause"
     assert connection.transport is not None
     buffered = connection.transport.get_write_buffer_size()

@@ -4,6 +4,7 @@ CLI route, quotas (throttling, run-time changes, stored bytes) and accounting.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,6 +132,7 @@ async def test_ops_quota_throttles_and_changes_at_run_time(
     try:
         await admin.set_quota("dora", Quota(write_ops_per_s=5, burst_s=1))
         outcomes = []
+        started = time.monotonic()
         for i in range(20):
             try:
                 await kv.put(b"k%d" % i, b"v")
@@ -138,7 +140,10 @@ async def test_ops_quota_throttles_and_changes_at_run_time(
             except Throttled as error:
                 assert error.detail["retry_after_ms"] > 0
                 outcomes.append("throttled")
-        assert 5 <= outcomes.count("ok") <= 7 and "throttled" in outcomes
+        elapsed_s = time.monotonic() - started
+        # A burst of 5, then 5 more per second; the bound allows for a slow machine.
+        assert 5 <= outcomes.count("ok") <= 5 + 5 * elapsed_s + 1, (outcomes, elapsed_s)
+        assert "throttled" in outcomes
         await admin.set_quota("dora", None)  # lifted at run time, no restart
         for i in range(50):
             await kv.put(b"free%d" % i, b"v")
