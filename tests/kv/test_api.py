@@ -97,10 +97,10 @@ async def test_incr(kv: AsyncClient) -> None:
 
 
 async def test_ttl_expiry_and_persist(kv: AsyncClient) -> None:
-    await kv.put(b"t", b"v", ttl_ms=150)
+    await kv.put(b"t", b"v", ttl_ms=500)
     item = await kv.get_item(b"t")
     assert item is not None and item.expire_at_ms > 0
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.6)
     assert await kv.get(b"t") is None, "an expired key is invisible at once"
     assert await kv.put(b"t", b"again", if_absent=True), "an expired key counts as absent"
     await kv.put(b"keep", b"v", ttl_ms=100_000)
