@@ -229,8 +229,10 @@ def http(
     import logging
     import signal
 
+    from spindle.functions import limits
     from spindle.functions.client import FunctionsClient
     from spindle.functions.http_api import FunctionsHttpServer
+    from spindle.functions.worker import stop_tasks
 
     logging.basicConfig(level=os.environ.get("SPINDLE_LOG", "INFO"))
 
@@ -245,6 +247,9 @@ def http(
             print(f"functions http api on {host}:{server.port}", flush=True)
             await stop.wait()
             await server.close()
+            # Connections still open: asyncio.run would cancel them once and wait without a
+            # timeout (a cancel can be lost, see spindle.functions.worker); bounded here.
+            await stop_tasks(asyncio.all_tasks() - {asyncio.current_task()}, limits.STOP_TASK_S_MAX)
 
     asyncio.run(main())
 
@@ -268,8 +273,9 @@ def worker(
     import logging
     import signal
 
+    from spindle.functions import limits
     from spindle.functions.registry import Registry, load_registry
-    from spindle.functions.worker import Worker, WorkerConfig
+    from spindle.functions.worker import Worker, WorkerConfig, stop_tasks
     from spindle.kv.client import AsyncClient
 
     logging.basicConfig(level=os.environ.get("SPINDLE_LOG", "INFO"))
@@ -280,7 +286,8 @@ def worker(
         slots=slots, threads=threads, lease_s=lease_s, heartbeat_s=heartbeat_s, drain_s=drain_s
     )
 
-    async def main() -> None:
+    async def main() -> bool:
+        """Serve until SIGTERM/SIGINT, drain; True if nothing was left running."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -299,8 +306,22 @@ def worker(
             print(f"worker {config.worker_id} ready", flush=True)
             await task
             print(f"worker {config.worker_id} drained", flush=True)
+        # asyncio.run would cancel what is left once and wait for it without a timeout, and
+        # the interpreter joins the thread pool at exit: both bounded here instead.
+        left = await stop_tasks(
+            asyncio.all_tasks() - {asyncio.current_task()}, limits.STOP_TASK_S_MAX
+        )
+        threads = instance.join_threads()
+        if threads:
+            logging.warning("abandoning %d blocking calls still running after the drain", threads)
+        return not left and not threads
 
-    asyncio.run(main())
+    if not asyncio.run(main()):
+        # Something outlived the bounded shutdown: exit without waiting for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
 
 
 def main() -> None:

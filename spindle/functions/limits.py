@@ -84,3 +84,31 @@ HTTP_SUBMIT_BODY_BYTES_MAX = 8 * 1024 * 1024
 
 LATENCY_SAMPLES_MAX = 1_024
 """Queueing-delay samples kept per function and criticality for p50/p99."""
+
+CANCEL_REPEAT_S = 0.05
+"""While a worker stops a task it cancelled, it cancels it again this often. Python 3.11's
+`asyncio.wait_for` loses a cancel that lands just as the future it waits for completes
+(cpython gh-86296, fixed in 3.12), and the store client waits for every response with it:
+a background loop cancelled once can miss it and run on forever."""
+
+STOP_TASK_S_MAX = 5.0
+"""After SIGTERM, how long the dispatcher (and, after the drain, each background loop)
+gets to stop once cancelled."""
+
+HANDBACK_S_MAX = 10.0
+"""After the drain grace (`drain_s`), how long the calls still running get to be cancelled
+and handed back to the queue (one store write each); a call not handed back by then comes
+back when its lease expires, as after SIGKILL."""
+
+FINAL_FLUSH_S_MAX = 5.0
+"""How long a stopping worker's last stats flush and status report may take."""
+
+THREADS_JOIN_S_MAX = 1.0
+"""How long a stopped worker waits for its thread pool; a blocking function still running
+then is abandoned (the process exits without it; its call was handed back)."""
+
+SHUTDOWN_S_MAX = 3 * STOP_TASK_S_MAX + HANDBACK_S_MAX + FINAL_FLUSH_S_MAX + THREADS_JOIN_S_MAX
+"""Bound on a worker's shutdown besides the drain grace: the dispatcher, the background
+loops and any task left at exit each get `STOP_TASK_S_MAX`, plus the hand-back, the last
+flush and the thread pool. A SIGTERMed `spindle worker` exits within `drain_s +
+SHUTDOWN_S_MAX` (31 s past the grace; milliseconds when the store answers)."""

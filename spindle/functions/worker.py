@@ -10,6 +10,12 @@ calls whose lease expired (their worker died), so no worker is special.
 SIGTERM drains: no new calls are taken, running ones get `drain_s` to finish, the rest are
 handed back to the queue at once. A SIGKILLed worker's calls come back when its leases
 expire (`lease_s`).
+
+Stopping is bounded: every wait of the shutdown has a timeout (`limits.SHUTDOWN_S_MAX` in
+all, besides `drain_s`), and a task is never cancelled once and then awaited without one.
+Python 3.11's `asyncio.wait_for` (which the store client awaits every response with) loses a
+cancel that lands as the response arrives, so a cancelled loop could go on forever:
+`stop_tasks` cancels again until the task ends, and the loops also end on a flag.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,6 +55,25 @@ blocked this long (and looks past them), rather than asking the store again at o
 
 STORE_LATENCY_TARGET_S = 0.2
 """A queue scan slower than this counts as store load for time-shifting."""
+
+
+async def stop_tasks(
+    tasks: Collection[asyncio.Task[Any]], timeout_s: float
+) -> set[asyncio.Task[Any]]:
+    """Cancel `tasks` and wait up to `timeout_s` for them to end, cancelling the ones still
+    running again every `CANCEL_REPEAT_S` (a single cancel can be lost, see the module
+    docstring). Returns the tasks still running at the timeout (logged)."""
+    pending = {task for task in tasks if not task.done()}
+    give_up = time.monotonic() + timeout_s
+    while pending:
+        left_s = give_up - time.monotonic()
+        if left_s <= 0:
+            log.warning("%d tasks did not stop in %.1fs: %s", len(pending), timeout_s, pending)
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(limits.CANCEL_REPEAT_S, left_s))
+    return pending
 
 
 @dataclasses.dataclass
@@ -110,6 +136,10 @@ class Worker:
         self._slots_full_until_ms: dict[str, int] = {}
         """Functions whose global slots were all taken at the last attempt, until when."""
         self._stopping = False
+        """Set on stop: the dispatcher leases no more calls."""
+        self._drained = False
+        """Set after the drain: the background loops (heartbeat included: leases of draining
+        calls are renewed) end at their next turn, even one that missed its cancel."""
         self.completed = 0
         self.status_rows: list[StatusRow] = []
         """The cluster-wide status report, refreshed with the stats (for /metrics)."""
@@ -168,37 +198,60 @@ class Worker:
         try:
             await stop.wait()
         finally:
+            # Every step below is bounded (limits.SHUTDOWN_S_MAX in all, plus drain_s).
             self._stopping = True
-            dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await dispatcher
+            self._slot_free.set()
+            await stop_tasks([dispatcher], limits.STOP_TASK_S_MAX)
             await self._drain()
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-            with contextlib.suppress(SpindleError):
-                await self._flush_stats()
-                self.status_rows = await report(self.queue)
+            self._drained = True
+            await stop_tasks(loops, limits.STOP_TASK_S_MAX)
+            final = asyncio.create_task(self._final_flush())
+            _, late = await asyncio.wait([final], timeout=limits.FINAL_FLUSH_S_MAX)
+            if late:
+                log.warning("final stats flush took over %.1fs", limits.FINAL_FLUSH_S_MAX)
+                await stop_tasks(late, limits.CANCEL_REPEAT_S)
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _final_flush(self) -> None:
+        with contextlib.suppress(SpindleError):
+            await self._flush_stats()
+            self.status_rows = await report(self.queue)
+
+    def join_threads(self, timeout_s: float = limits.THREADS_JOIN_S_MAX) -> int:
+        """After `run`: wait up to `timeout_s` for the thread pool's threads to end; returns
+        how many are still running (a blocking function that ignored the drain)."""
+        give_up = time.monotonic() + timeout_s
+        alive = 0
+        for thread in list(self.executor._threads):
+            thread.join(max(0.0, give_up - time.monotonic()))
+            alive += thread.is_alive()
+        return alive
 
     async def _drain(self) -> None:
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             log.info("draining %d running calls (up to %.1fs)", len(tasks), self.config.drain_s)
             await asyncio.wait(tasks, timeout=self.config.drain_s)
+        # Calls still running are cancelled once (not again: their cancel handler writes the
+        # hand-back) and given HANDBACK_S_MAX; each step left is a store request with a
+        # timeout, so one that missed its cancel still ends. Calls not handed back by then
+        # come back when their lease expires.
         for running in list(self.running.values()):
             running.handing_back = True
             if running.task is not None:
                 running.task.cancel()
         rest = [r.task for r in self.running.values() if r.task is not None]
         if rest:
-            await asyncio.wait(rest, timeout=10)
+            log.info("handing back %d unfinished calls", len(rest))
+            _, late = await asyncio.wait(rest, timeout=limits.HANDBACK_S_MAX)
+            if late:
+                log.warning("%d calls not handed back in time; their leases will expire", len(late))
 
     async def _refresh_specs(self) -> None:
         self.remote_specs = {spec.name: spec for spec in await self.queue.specs()}
 
     async def _specs_loop(self) -> None:
-        while True:
+        while not self._drained:
             await asyncio.sleep(self.config.specs_refresh_s)
             with contextlib.suppress(SpindleError):
                 await self._refresh_specs()
@@ -341,6 +394,10 @@ class Worker:
                 self._slots_full_until_ms[spec.name] = now_ms() + SLOTS_FULL_HOLD_MS
                 self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
                 return False
+        if self._stopping:  # a scan that missed its cancel: lease nothing more
+            self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
+            await self._release_slot(slot)
+            return False
         self.scheduler.started(state.function, state.tenant)
         # The args are written once at submit, so they are read alongside the lease (and
         # thrown away if the lease is lost), saving a round trip per call.
@@ -479,7 +536,7 @@ class Worker:
     # -- background loops ------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._drained:
             await asyncio.sleep(self.config.heartbeat_s)
             await asyncio.gather(
                 *(self._renew(running) for running in list(self.running.values())),
@@ -510,7 +567,7 @@ class Worker:
                 running.slot = (key, new_version)
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while not self._drained:
             await asyncio.sleep(self.config.sweep_s)
             try:
                 for bucket in range(self.queue.buckets):
@@ -533,7 +590,7 @@ class Worker:
         )
 
     async def _stats_loop(self) -> None:
-        while True:
+        while not self._drained:
             await asyncio.sleep(self.config.stats_s)
             with contextlib.suppress(SpindleError):
                 await self._flush_stats()
