@@ -40,6 +40,34 @@ class _NodeCollector:
             "spindle_engine_bytes", "Approximate live bytes", value=node.engine.approximate_bytes()
         )
         yield GaugeMetricFamily("spindle_shards", "Shard replicas hosted", value=len(node.shards))
+        yield from _tenant_metrics(self.server)
+
+
+_TENANT_COUNTERS = (
+    ("read_ops", "Read operations admitted"),
+    ("write_ops", "Write operations admitted"),
+    ("read_bytes", "Bytes returned by reads"),
+    ("write_bytes", "Bytes written"),
+    ("throttled", "Requests refused for a quota (Throttled or QuotaExceeded)"),
+    ("refused", "Requests refused for access (wrong credentials, another tenant's data)"),
+)
+
+
+def _tenant_metrics(server: NodeServer) -> Iterator[Metric]:
+    node = server.node
+    tenants = sorted(node.catalog.tenants)
+    for field, help_text in _TENANT_COUNTERS:
+        family = CounterMetricFamily(f"spindle_tenant_{field}", help_text, labels=["tenant"])
+        for tenant in tenants:
+            family.add_metric([tenant], getattr(node.quotas.tenant_usage(tenant), field))
+        yield family
+    stored = GaugeMetricFamily(
+        "spindle_tenant_stored_bytes", "Bytes a tenant stores", labels=["tenant"]
+    )
+    for tenant in tenants:
+        owned = [ks for ks in node.catalog.keyspaces.values() if ks.tenant == tenant]
+        stored.add_metric([tenant], node.stored_bytes(owned))
+    yield stored
 
 
 def render_metrics(server: NodeServer) -> bytes:

@@ -272,3 +272,24 @@ async def test_fair_dispatch_keeps_a_quiet_tenant_served_under_a_flood() -> None
     while len(ran) < 1001:
         await asyncio.sleep(0)
     assert ran.index("quiet") <= 64 + 16, ran.index("quiet")
+
+
+async def test_per_tenant_usage_on_the_metrics_endpoint(
+    server: ThreadServer, admin: AsyncClient
+) -> None:
+    import urllib.request
+
+    kv = await tenant_client(server, admin, "ivy")
+    try:
+        await kv.put(b"k", b"v" * 10)
+        await kv.get(b"k")
+        with pytest.raises(NotFound):
+            await kv.get(b"k", keyspace="not-ivys")
+    finally:
+        await kv.close()
+    url = f"http://127.0.0.1:{server.server.http_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    assert 'spindle_tenant_write_ops_total{tenant="ivy"} 1.0' in text
+    assert 'spindle_tenant_read_bytes_total{tenant="ivy"} 10.0' in text
+    assert 'spindle_tenant_refused_total{tenant="ivy"} 1.0' in text
+    assert 'spindle_tenant_stored_bytes{tenant="ivy"}' in text
