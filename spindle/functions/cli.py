@@ -261,6 +261,10 @@ def worker(
     ] = None,
     addr: AddrOpt = DEFAULT_ADDR,
     slots: Annotated[int, typer.Option(help="Calls run at once.")] = 16,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(help="Short calls leased ahead of free slots (default: as many as slots)."),
+    ] = None,
     threads: Annotated[int, typer.Option(help="Thread pool for blocking functions.")] = 8,
     lease_s: Annotated[float, typer.Option(help="Lease length.")] = 10.0,
     heartbeat_s: Annotated[float, typer.Option(help="Lease renewal period.")] = 2.0,
@@ -283,7 +287,12 @@ def worker(
         sys.path.insert(0, os.getcwd())
     registry = load_registry(app) if app else Registry()
     config = WorkerConfig(
-        slots=slots, threads=threads, lease_s=lease_s, heartbeat_s=heartbeat_s, drain_s=drain_s
+        slots=slots,
+        prefetch=prefetch,
+        threads=threads,
+        lease_s=lease_s,
+        heartbeat_s=heartbeat_s,
+        drain_s=drain_s,
     )
 
     async def main() -> bool:

@@ -61,11 +61,24 @@ QUEUE_SCAN_PAGES_MAX = 8
 all blocked (their function at its concurrency limit or window, or not runnable here): the
 bound on how far the worker looks past a blocked head for runnable calls."""
 
+MOVES_PER_BATCH_MAX = 100
+"""Most calls moved (leased, finished) in one atomic store batch; a batch of more calls of
+one bucket is cut into several (each call is ~6 operations, under the store's BATCH_OPS_MAX)."""
+
+PREFETCH_RUN_MS_MAX = 50
+"""A worker leases calls ahead of its free slots (prefetch) only for functions whose recent
+attempts took at most this long, so a prefetched call waits at most a few such run times
+(a long call is leased only into a free slot, where another worker could not run it
+sooner)."""
+
 SWEEP_BATCH = 256
 """Delayed calls promoted, or expired leases reclaimed, per bucket per sweep."""
 
 WORKER_SLOTS_MAX = 10_000
 """Most calls one worker runs at once."""
+
+WORKER_PREFETCH_MAX = 10_000
+"""Most calls one worker holds leased beyond its slots (prefetched, not started yet)."""
 
 QUEUE_BUCKETS_MAX = 1_024
 """Most buckets (store shards) of the queue keyspace."""

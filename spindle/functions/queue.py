@@ -78,6 +78,19 @@ def counter_key(bucket: int, function: str, criticality: Criticality, name: str)
     )
 
 
+def _merge_counters(ops: list[p.BatchOp]) -> list[p.BatchOp]:
+    """`ops` with the increments of each counter summed into one (same effect, fewer ops)."""
+    merged: list[p.BatchOp] = []
+    increments: dict[bytes, int] = {}
+    for op in ops:
+        if isinstance(op, p.BatchIncr):
+            increments[op.key] = increments.get(op.key, 0) + op.delta
+        else:
+            merged.append(op)
+    merged += [p.BatchIncr(key=key, delta=delta) for key, delta in increments.items() if delta]
+    return merged
+
+
 def _index_counter(key: bytes) -> str:
     tag = key[2:4]
     return {keys.READY: QUEUED, keys.DELAYED: DELAYED, keys.LEASED: RUNNING}[tag]
@@ -242,15 +255,15 @@ class DurableQueue:
         key = counter_key(bucket, state.function, state.criticality, name)
         return p.BatchIncr(key=key, delta=delta)
 
-    async def _move(
+    def _move_ops(
         self,
         entry: Entry,
         new: CallState,
         new_index: bytes | None,
         extra: Iterable[p.BatchOp] = (),
-    ) -> int | None:
-        """Replace `entry` by `new` (indexed at `new_index`, or final with retention when
-        None). Returns the batch's version, or None when another actor moved the call first."""
+    ) -> list[p.BatchOp]:
+        """The batch that replaces `entry` by `new` (indexed at `new_index`, or final with
+        retention when None)."""
         ops: list[p.BatchOp] = [
             p.BatchDelete(key=entry.key, if_version=entry.version),
             self._count(entry.state, _index_counter(entry.key), -1),
@@ -265,22 +278,70 @@ class DurableQueue:
             ops.append(p.BatchPut(key=new_index, value=encoded))
             ops.append(self._count(new, _index_counter(new_index), 1))
         ops.extend(extra)
+        return ops
+
+    async def _move(
+        self,
+        entry: Entry,
+        new: CallState,
+        new_index: bytes | None,
+        extra: Iterable[p.BatchOp] = (),
+    ) -> int | None:
+        """Replace `entry` by `new` (indexed at `new_index`, or final with retention when
+        None). Returns the batch's version, or None when another actor moved the call first."""
         try:
-            result = await self.kv.write_batch(ops, keyspace=self.keyspace)
+            result = await self.kv.write_batch(
+                self._move_ops(entry, new, new_index, extra), keyspace=self.keyspace
+            )
         except Conflict:
             return None
         return result.version
+
+    async def _move_many(
+        self, moves: list[tuple[Entry, CallState, bytes | None, list[p.BatchOp]]]
+    ) -> list[int | None]:
+        """Several `_move`s, one atomic batch per bucket (up to `MOVES_PER_BATCH_MAX` calls
+        each), the buckets' batches concurrently. A batch that meets a `Conflict` (another
+        actor moved one of its calls) is retried call by call, so exactly the calls still
+        in the expected state move. Returns each move's version, or None."""
+        versions: list[int | None] = [None] * len(moves)
+        groups: dict[int, list[int]] = {}
+        for position, (entry, _, _, _) in enumerate(moves):
+            groups.setdefault(keys.bucket_of(entry.state.call_id), []).append(position)
+        chunks = [
+            positions[i : i + limits.MOVES_PER_BATCH_MAX]
+            for positions in groups.values()
+            for i in range(0, len(positions), limits.MOVES_PER_BATCH_MAX)
+        ]
+
+        async def one_by_one(chunk: list[int]) -> None:
+            for position in chunk:
+                versions[position] = await self._move(*moves[position])
+
+        async def together(chunk: list[int]) -> None:
+            if len(chunk) == 1:
+                await one_by_one(chunk)
+                return
+            ops: list[p.BatchOp] = []
+            for position in chunk:
+                ops += self._move_ops(*moves[position])
+            try:
+                result = await self.kv.write_batch(_merge_counters(ops), keyspace=self.keyspace)
+            except Conflict:
+                await one_by_one(chunk)
+                return
+            for position in chunk:
+                versions[position] = result.version
+
+        await asyncio.gather(*(together(chunk) for chunk in chunks))
+        return versions
 
     async def _reindex(self, entry: Entry, new: CallState, new_index: bytes) -> Entry | None:
         version = await self._move(entry, new, new_index)
         return None if version is None else Entry(new_index, version, new)
 
-    async def lease(
-        self, entry: Entry, owner: str, lease_s: float, at_ms: int | None = None
-    ) -> Entry | None:
-        """Take a ready call for `lease_s`; None if someone else took (or cancelled) it."""
-        t = now_ms() if at_ms is None else at_ms
-        new = msgspec.structs.replace(
+    def _leased(self, entry: Entry, owner: str, lease_s: float, t: int) -> CallState:
+        return msgspec.structs.replace(
             entry.state,
             state=CallStatus.RUNNING,
             attempt=entry.state.attempt + 1,
@@ -288,7 +349,51 @@ class DurableQueue:
             lease_expiry_ms=t + int(lease_s * 1000),
             started_ms=t,
         )
+
+    async def lease(
+        self, entry: Entry, owner: str, lease_s: float, at_ms: int | None = None
+    ) -> Entry | None:
+        """Take a ready call for `lease_s`; None if someone else took (or cancelled) it."""
+        t = now_ms() if at_ms is None else at_ms
+        new = self._leased(entry, owner, lease_s, t)
         return await self._reindex(entry, new, keys.leased_key(new))
+
+    async def lease_many(
+        self, entries: list[Entry], owner: str, lease_s: float, at_ms: int | None = None
+    ) -> list[Entry | None]:
+        """`lease` of several ready calls, one atomic batch per bucket: one store write per
+        bucket instead of one per call. Each result is the call's lease, or None if someone
+        else took (or cancelled) it first."""
+        t = now_ms() if at_ms is None else at_ms
+        news = [self._leased(entry, owner, lease_s, t) for entry in entries]
+        indexes = [keys.leased_key(new) for new in news]
+        versions = await self._move_many(
+            [
+                (entry, new, index, [])
+                for entry, new, index in zip(entries, news, indexes, strict=True)
+            ]
+        )
+        return [
+            None if version is None else Entry(index, version, new)
+            for new, index, version in zip(news, indexes, versions, strict=True)
+        ]
+
+    async def release(self, lease: Entry, at_ms: int | None = None) -> bool:
+        """Hand back a leased call that never started (prefetched by a worker that is
+        stopping): ready again at once, its attempt not counted. False if the lease was
+        lost meanwhile."""
+        t = now_ms() if at_ms is None else at_ms
+        state = lease.state
+        queued = msgspec.structs.replace(
+            state,
+            state=CallStatus.QUEUED,
+            attempt=max(0, state.attempt - 1),
+            lease_owner=None,
+            lease_expiry_ms=0,
+            started_ms=0,
+            ready_ms=t,
+        )
+        return await self._move(lease, queued, keys.ready_key(queued)) is not None
 
     async def renew(self, lease: Entry, lease_s: float, at_ms: int | None = None) -> Entry | None:
         """Extend a lease; None means it was lost (reclaimed or cancelled): stop the call."""
@@ -335,6 +440,18 @@ class DurableQueue:
         t = now_ms() if at_ms is None else at_ms
         new = self._final(lease.state, CallStatus.SUCCEEDED, t, result=result_json, error=None)
         return await self._finish(lease, new, None)
+
+    async def succeed_many(
+        self, outcomes: list[tuple[Entry, bytes]], at_ms: int | None = None
+    ) -> list[bool]:
+        """`succeed` of several leased calls, one atomic batch per bucket. False for a call
+        whose lease was lost (reclaimed or cancelled): its result is not recorded."""
+        t = now_ms() if at_ms is None else at_ms
+        moves: list[tuple[Entry, CallState, bytes | None, list[p.BatchOp]]] = []
+        for lease, result_json in outcomes:
+            new = self._final(lease.state, CallStatus.SUCCEEDED, t, result=result_json, error=None)
+            moves.append((lease, new, None, self._final_ops(new, None)))
+        return [version is not None for version in await self._move_many(moves)]
 
     async def _finish(self, entry: Entry, new: CallState, args_json: bytes | None) -> bool:
         ops = self._final_ops(new, args_json)

@@ -14,6 +14,12 @@ decides which calls to start on this worker's free slots:
 4. Time-shifting: a deferrable call waits while the measured load is above the shifter's
    level, unless its deadline is near (then it runs whatever the load).
 5. A call whose deadline has passed is reported as expired, never started.
+
+Prefetch: the worker may hold up to `prefetch` calls beyond its slots, leased but not
+started yet (they start, in EDF order, as slots free). The counts here are of calls held
+(running or prefetched), so concurrency limits and shares count prefetched calls too. Only
+a `prefetchable` function's calls are picked beyond the free slots; others are picked only
+while held calls leave a slot free, so they start at once.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class FunctionPolicy:
     expected_run_ms: int = 1_000
     """How long a call is expected to run: a deferrable call is released this long (plus
     the shifter's guard) before its deadline."""
+    prefetchable: bool = False
+    """May be picked beyond the free slots, to wait (leased) for one."""
 
 
 @dataclasses.dataclass
@@ -59,16 +67,21 @@ class Decision:
 
 
 class Scheduler:
-    """Keeps the worker's running counts; `pick` decides, `started`/`finished` update."""
+    """Keeps the worker's counts of held calls (running or prefetched); `pick` decides,
+    `started`/`finished` update."""
 
     def __init__(
         self,
         slots: int,
         policy_of: Callable[[str], FunctionPolicy],
         shifter: TimeShifter | None = None,
+        prefetch: int = 0,
     ) -> None:
-        assert slots >= 1
+        assert slots >= 1 and prefetch >= 0
         self.slots = slots
+        self.prefetch = prefetch
+        self.capacity = slots + prefetch
+        """Most calls held at once."""
         self.policy_of = policy_of
         self.shifter = shifter or TimeShifter()
         self.running_by_function: dict[str, int] = {}
@@ -81,7 +94,7 @@ class Scheduler:
         self.running_by_function[function] = self.running_by_function.get(function, 0) + 1
         self.running_by_tenant[tenant] = self.running_by_tenant.get(tenant, 0) + 1
         self.running_total += 1
-        assert self.running_total <= self.slots, "more calls started than slots"
+        assert self.running_total <= self.capacity, "more calls held than slots + prefetch"
 
     def finished(self, function: str, tenant: str) -> None:
         self.running_by_function[function] -= 1
@@ -91,7 +104,8 @@ class Scheduler:
 
     @property
     def utilisation(self) -> float:
-        return self.running_total / self.slots
+        """Busy slots / slots: held calls beyond the slots wait, so they add nothing."""
+        return min(1.0, self.running_total / self.slots)
 
     def reserved_slots(self, function: str) -> int:
         return math.floor(self.policy_of(function).reserved_share * self.slots)
@@ -138,11 +152,13 @@ class Scheduler:
                 for candidate in tier:
                     if candidate.call_id in chosen:
                         continue
-                    free = self.slots - self.running_total - granted
+                    free = self.capacity - self.running_total - granted
                     if free <= 0:
                         break
                     function, tenant = candidate.function, candidate.tenant
                     policy = self.policy_of(function)
+                    if not policy.prefetchable and self.running_total + granted >= self.slots:
+                        continue  # no slot free for it now, and it may not wait for one
                     if (
                         policy.concurrency_limit is not None
                         and running_f(function) >= policy.concurrency_limit
@@ -196,6 +212,7 @@ class Scheduler:
             now_ms, candidate.submitted_ms, candidate.deadline_ms, policy.expected_run_ms
         ):
             return False
+        # Not capped at 1: a deferrable call is not prefetched onto a full worker.
         load = max((self.running_total + granted) / self.slots, store_load)
         return load >= level
 
@@ -209,7 +226,7 @@ class Scheduler:
             if count > 0:
                 functions_of.setdefault(tenant, set())
         tenant_share = {
-            tenant: max(1, math.ceil(self.slots / len(functions_of))) for tenant in functions_of
+            tenant: max(1, math.ceil(self.capacity / len(functions_of))) for tenant in functions_of
         }
         function_share: dict[str, int] = {}
         for tenant, functions in functions_of.items():

@@ -7,9 +7,18 @@ pool for blocking ones, subprocesses, HTTP), renews leases on a heartbeat and re
 outcome. Every worker also sweeps: it promotes delayed calls that are due and requeues
 calls whose lease expired (their worker died), so no worker is special.
 
-SIGTERM drains: no new calls are taken, running ones get `drain_s` to finish, the rest are
-handed back to the queue at once. A SIGKILLed worker's calls come back when its leases
-expire (`lease_s`).
+Prefetch: besides its `slots`, a worker holds up to `prefetch` more calls leased ahead, so
+leasing (a store round trip with an fsync) overlaps running instead of waiting for a slot to
+free, and each poll leases many calls, one store batch per bucket. A prefetched call is a
+leased call like any other: its lease is renewed by the heartbeat and expires if the worker
+dies. Only calls of short functions (recent attempts under `limits.PREFETCH_RUN_MS_MAX`)
+without a concurrency limit or downstream are prefetched; they start in EDF order as slots
+free. Successes recorded in the same event-loop turn share one store batch per bucket.
+
+SIGTERM drains: no new calls are taken, prefetched calls are handed back (their attempt not
+counted), running ones get `drain_s` to finish, the rest are handed back to the queue at
+once. A SIGKILLed worker's calls (prefetched ones too) come back when their leases expire
+(`lease_s`).
 
 Stopping is bounded: every wait of the shutdown has a timeout (`limits.SHUTDOWN_S_MAX` in
 all, besides `drain_s`), and a task is never cancelled once and then awaited without one.
@@ -23,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
 import os
 import random
@@ -79,6 +89,9 @@ async def stop_tasks(
 @dataclasses.dataclass
 class WorkerConfig:
     slots: int = 16
+    prefetch: int | None = None
+    """Calls held leased beyond the slots, waiting for one (short functions only); None:
+    as many as `slots`; 0: lease only into free slots."""
     threads: int = 8
     lease_s: float = limits.LEASE_S_DEFAULT
     heartbeat_s: float = limits.HEARTBEAT_S_DEFAULT
@@ -97,6 +110,9 @@ class WorkerConfig:
 
     def validate(self) -> None:
         assert 1 <= self.slots <= limits.WORKER_SLOTS_MAX, "slots out of range"
+        assert self.prefetch is None or 0 <= self.prefetch <= limits.WORKER_PREFETCH_MAX, (
+            "prefetch out of range"
+        )
         assert self.heartbeat_s * 2 < self.lease_s, "heartbeat_s must be under lease_s / 2"
 
 
@@ -114,6 +130,52 @@ class _Running:
     freed: bool = False
     """The worker slot was given back (the attempt ended; its outcome may still be being
     written)."""
+    executing: bool = False
+    """Started (holds one of the slots); False while prefetched."""
+
+
+class SuccessBatcher:
+    """Records successes: those reported in the same event-loop turn are written together,
+    one atomic store batch per bucket (`DurableQueue.succeed_many`)."""
+
+    def __init__(self, queue: DurableQueue) -> None:
+        self.queue = queue
+        self._pending: list[tuple[Entry, bytes, asyncio.Future[bool]]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def succeed(self, lease: Entry, result_json: bytes) -> asyncio.Future[bool]:
+        """A future of whether the success was recorded (False: the lease was lost)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((lease, result_json, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        task = asyncio.create_task(self._write(pending))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, pending: list[tuple[Entry, bytes, asyncio.Future[bool]]]) -> None:
+        try:
+            recorded = await self.queue.succeed_many(
+                [(lease, result) for lease, result, _ in pending]
+            )
+        except BaseException as error:
+            for _, _, future in pending:
+                if not future.done():
+                    if isinstance(error, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (_, _, future), ok in zip(pending, recorded, strict=True):
+            if not future.done():
+                future.set_result(ok)
 
 
 class Worker:
@@ -126,9 +188,16 @@ class Worker:
         self.remote_specs: dict[str, FunctionSpec] = {}
         self.expected_run_ms: dict[str, float] = {}
         self.shifter = TimeShifter(idle_utilisation=config.idle_utilisation)
-        self.scheduler = Scheduler(config.slots, self._policy, self.shifter)
+        self.prefetch = config.slots if config.prefetch is None else config.prefetch
+        self.scheduler = Scheduler(config.slots, self._policy, self.shifter, self.prefetch)
         self.windows: dict[str, AimdWindow] = {}
         self.running: dict[str, _Running] = {}
+        """Calls leased here: running, or prefetched (waiting for a slot)."""
+        self.executing = 0
+        """Calls running (each holds a slot)."""
+        self._waiting: list[tuple[int, int, str]] = []
+        """Prefetched calls, a heap by (criticality, deadline, call id)."""
+        self.successes = SuccessBatcher(self.queue)
         self.stats = WorkerStats()
         self.store_load = 0.0
         self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="spindle-fn")
@@ -160,11 +229,18 @@ class Worker:
         if registered is None:
             return FunctionPolicy()
         spec = registered.spec
+        expected_run_ms = self.expected_run_ms.get(function)
         return FunctionPolicy(
             concurrency_limit=spec.concurrency_limit,
             reserved_share=spec.quota.reserved_share,
             opportunistic=spec.quota.opportunistic,
-            expected_run_ms=int(self.expected_run_ms.get(function, 1000.0)),
+            expected_run_ms=int(1000.0 if expected_run_ms is None else expected_run_ms),
+            # A prefetched call would hold a global slot or a window ticket while it waits,
+            # and a long one would wait long while other workers may be idle.
+            prefetchable=spec.concurrency_limit is None
+            and spec.downstream is None
+            and expected_run_ms is not None
+            and expected_run_ms <= limits.PREFETCH_RUN_MS_MAX,
         )
 
     def _attempts_max(self, function: str) -> int:
@@ -228,6 +304,7 @@ class Worker:
         return alive
 
     async def _drain(self) -> None:
+        await self._hand_back_waiting()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             log.info("draining %d running calls (up to %.1fs)", len(tasks), self.config.drain_s)
@@ -246,6 +323,37 @@ class Worker:
             _, late = await asyncio.wait(rest, timeout=limits.HANDBACK_S_MAX)
             if late:
                 log.warning("%d calls not handed back in time; their leases will expire", len(late))
+
+    async def _hand_back_waiting(self) -> None:
+        """Return prefetched calls to the queue at once, their attempt not counted (bounded
+        by HANDBACK_S_MAX; a call not handed back by then comes back when its lease
+        expires)."""
+        waiting = [r for r in self.running.values() if r.task is None]
+        self._waiting.clear()
+        if not waiting:
+            return
+
+        async def hand_back(running: _Running) -> None:
+            async with running.lock:
+                if not running.lost:
+                    with contextlib.suppress(SpindleError):
+                        await self.queue.release(running.entry)
+            await self._drop_waiting(running)
+
+        log.info("handing back %d prefetched calls", len(waiting))
+        tasks = [asyncio.create_task(hand_back(running)) for running in waiting]
+        _, late = await asyncio.wait(tasks, timeout=limits.HANDBACK_S_MAX)
+        if late:
+            await stop_tasks(late, limits.CANCEL_REPEAT_S)
+
+    async def _drop_waiting(self, running: _Running) -> None:
+        """Forget a prefetched call that will not start here (handed back, or its lease
+        lost)."""
+        assert running.task is None
+        self.running.pop(running.entry.state.call_id, None)
+        self._free(running)
+        self._release_ticket(running.registered.spec, running.ticket, Outcome.NEUTRAL, 0.0)
+        await self._release_slot(running.slot)
 
     async def _refresh_specs(self) -> None:
         self.remote_specs = {spec.name: spec for spec in await self.queue.specs()}
@@ -301,7 +409,7 @@ class Worker:
     async def _scan(self) -> list[Entry]:
         started = time.monotonic()
         overloaded = False
-        wanted = max(1, self.config.slots - self.scheduler.running_total)
+        wanted = max(1, self.scheduler.capacity - self.scheduler.running_total)
         try:
             pages = await asyncio.gather(
                 *(self._scan_bucket(bucket, wanted) for bucket in range(self.queue.buckets))
@@ -316,7 +424,7 @@ class Worker:
     async def _dispatch_loop(self) -> None:
         idle_s = self.config.poll_s
         while not self._stopping:
-            if self.scheduler.running_total >= self.config.slots:
+            if self.scheduler.running_total >= self.scheduler.capacity:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
@@ -367,14 +475,49 @@ class Worker:
             entry = by_id[candidate.call_id]
             if not entry.state.deferred:
                 await self.queue.mark_deferred(entry)
-        # Leases go out together: each waits for the store's fsync, and one group commit
-        # covers them all.
-        outcomes = await asyncio.gather(
-            *(self._try_start(by_id[candidate.call_id]) for candidate in decision.start)
+        prepared = await asyncio.gather(
+            *(self._prepare(by_id[candidate.call_id]) for candidate in decision.start)
         )
-        return sum(outcomes)
+        taken = [item for item in prepared if item is not None]
+        if not taken:
+            return 0
+        if self._stopping:  # a scan that missed its cancel: lease nothing more
+            for entry, registered, ticket, slot in taken:
+                self.scheduler.finished(entry.state.function, entry.state.tenant)
+                self._release_ticket(registered.spec, ticket, Outcome.NEUTRAL, 0.0)
+                await self._release_slot(slot)
+            return 0
+        # One lease batch per bucket. The args are written once at submit, so they are read
+        # alongside (and thrown away if a lease is lost), saving a round trip per call.
+        entries = [entry for entry, _, _, _ in taken]
+        leases, args = await asyncio.gather(
+            self.queue.lease_many(entries, self.config.worker_id, self.config.lease_s),
+            self.queue.args([entry.state.call_id for entry in entries]),
+        )
+        started = 0
+        for (entry, registered, ticket, slot), lease, args_json in zip(
+            taken, leases, args, strict=True
+        ):
+            state = entry.state
+            if lease is None:
+                self.scheduler.finished(state.function, state.tenant)
+                self._release_ticket(registered.spec, ticket, Outcome.NEUTRAL, 0.0)
+                await self._release_slot(slot)
+                continue
+            running = _Running(lease, registered, asyncio.Lock(), ticket, slot, args_json=args_json)
+            self.running[state.call_id] = running
+            heapq.heappush(
+                self._waiting, (int(state.criticality), state.deadline_ms, state.call_id)
+            )
+            started += 1
+        self._start_waiting()
+        return started
 
-    async def _try_start(self, entry: Entry) -> bool:
+    async def _prepare(
+        self, entry: Entry
+    ) -> tuple[Entry, Registered, Ticket | None, tuple[bytes, int] | None] | None:
+        """Take what a picked call needs before its lease (its downstream's window ticket,
+        a global concurrency slot) and count it as held; None if it cannot have them."""
         state = entry.state
         registered = self._registered(state.function)
         assert registered is not None
@@ -383,39 +526,33 @@ class Worker:
         if spec.downstream is not None:
             ticket = self.window(spec.downstream).try_acquire()
             if ticket is None:
-                return False  # stays queued until the window has room
+                return None  # stays queued until the window has room
         slot: tuple[bytes, int] | None = None
         if spec.concurrency_limit is not None:
             if self._slots_full_until_ms.get(spec.name, 0) > now_ms():
                 self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
-                return False
+                return None
             slot = await self._acquire_slot(spec.name, spec.concurrency_limit)
             if slot is None:
                 self._slots_full_until_ms[spec.name] = now_ms() + SLOTS_FULL_HOLD_MS
                 self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
-                return False
-        if self._stopping:  # a scan that missed its cancel: lease nothing more
-            self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
-            await self._release_slot(slot)
-            return False
+                return None
         self.scheduler.started(state.function, state.tenant)
-        # The args are written once at submit, so they are read alongside the lease (and
-        # thrown away if the lease is lost), saving a round trip per call.
-        lease, args = await asyncio.gather(
-            self.queue.lease(entry, self.config.worker_id, self.config.lease_s),
-            self.queue.args([state.call_id]),
-        )
-        if lease is None:
-            self.scheduler.finished(state.function, state.tenant)
-            self._release_ticket(spec, ticket, Outcome.NEUTRAL, 0.0)
-            await self._release_slot(slot)
-            return False
-        running = _Running(lease, registered, asyncio.Lock(), ticket, slot, args_json=args[0])
-        self.running[state.call_id] = running
-        delay_ms = lease.state.started_ms - max(state.ready_ms, state.not_before_ms)
-        self.stats.started(state.function, state.criticality.name.lower(), delay_ms)
-        running.task = asyncio.create_task(self._execute(running))
-        return True
+        return entry, registered, ticket, slot
+
+    def _start_waiting(self) -> None:
+        """Start prefetched calls, most urgent first, while slots are free."""
+        while self._waiting and self.executing < self.config.slots and not self._stopping:
+            call_id = heapq.heappop(self._waiting)[2]
+            running = self.running.get(call_id)
+            if running is None or running.lost or running.task is not None:
+                continue
+            running.executing = True
+            self.executing += 1
+            state = running.entry.state
+            delay_ms = now_ms() - max(state.ready_ms, state.not_before_ms)
+            self.stats.started(state.function, state.criticality.name.lower(), delay_ms)
+            running.task = asyncio.create_task(self._execute(running))
 
     def _release_ticket(
         self, spec: FunctionSpec, ticket: Ticket | None, outcome: Outcome, latency_s: float
@@ -472,16 +609,17 @@ class Worker:
             except Exception as error:
                 error_type, overload = classify(error)
                 outcome = Outcome.OVERLOAD if overload else Outcome.NEUTRAL
-                self._free(running)
+                self._attempt_ended(running, outcome, time.monotonic() - started)
                 await self._failed(running, error, error_type, overload)
                 return
             outcome = Outcome.SUCCESS
-            # The slot is free once the function returned; recording the outcome (an fsync
-            # in the store) overlaps with the next call's lease.
-            self._free(running)
+            # The slot (and the downstream's window ticket) is free once the function
+            # returned; recording the outcome (an fsync in the store) overlaps with the next
+            # calls.
+            self._attempt_ended(running, outcome, time.monotonic() - started)
             async with running.lock:
                 if not running.lost:
-                    await self.queue.succeed(running.entry, result_json)
+                    await self.successes.succeed(running.entry, result_json)
             self._finished_stats(running, CallStatus.SUCCEEDED)
         except asyncio.CancelledError:
             if running.handing_back and not running.lost:
@@ -494,17 +632,26 @@ class Worker:
             elapsed_s = time.monotonic() - started
             previous = self.expected_run_ms.get(spec.name, elapsed_s * 1000)
             self.expected_run_ms[spec.name] = previous + 0.2 * (elapsed_s * 1000 - previous)
-            self._release_ticket(spec, running.ticket, outcome, elapsed_s)
+            self._attempt_ended(running, outcome, elapsed_s)
             await self._release_slot(running.slot)
             self.running.pop(state.call_id, None)
-            self._free(running)
             self.completed += 1
+
+    def _attempt_ended(self, running: _Running, outcome: Outcome, latency_s: float) -> None:
+        """Give back the slot and the window ticket (once): the function returned (or the
+        attempt was cancelled); its outcome may still be being written."""
+        self._free(running)
+        ticket, running.ticket = running.ticket, None
+        self._release_ticket(running.registered.spec, ticket, outcome, latency_s)
 
     def _free(self, running: _Running) -> None:
         if not running.freed:
             running.freed = True
             state = running.entry.state
             self.scheduler.finished(state.function, state.tenant)
+            if running.executing:
+                self.executing -= 1
+                self._start_waiting()
             self._slot_free.set()
 
     async def _failed(
@@ -544,16 +691,22 @@ class Worker:
             )
 
     async def _renew(self, running: _Running) -> None:
+        """Renew the lease of a running or prefetched call."""
         async with running.lock:
-            if running.lost or running.task is None or running.task.done():
+            if running.lost or (running.task is not None and running.task.done()):
                 return
             renewed = await self.queue.renew(running.entry, self.config.lease_s)
             if renewed is None:
                 log.info("lost the lease of %s (cancelled or reclaimed)", running.entry.key)
                 running.lost = True
-                running.task.cancel()
-                return
-            running.entry = renewed
+                if running.task is not None:
+                    running.task.cancel()
+                    return
+            else:
+                running.entry = renewed
+        if running.lost:  # prefetched: it will not start
+            await self._drop_waiting(running)
+            return
         if running.slot is not None:
             key, version = running.slot
             with contextlib.suppress(Conflict):

@@ -84,3 +84,23 @@ async def deferrable_noop() -> None:
 @registry.function(quota=Quota(reserved_share=0.5, opportunistic=False), retry=FAST_RETRY)
 async def reserved_only(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+RUN_ORDER: list[int] = []
+"""Tags of `ordered` calls in the order they ran (in-process workers only)."""
+
+
+@registry.function(retry=FAST_RETRY)
+async def ordered(tag: int) -> int:
+    RUN_ORDER.append(tag)
+    return tag
+
+
+@registry.function(retry=FAST_RETRY)
+async def gated(gate: str, marker: str, tag: str = "") -> None:
+    """Records its start in `marker` (a directory, `<ns>-<tag>-<pid>`), then waits until the
+    file `gate` exists: short once the gate is open, so a worker learns to prefetch it."""
+    Path(marker).mkdir(parents=True, exist_ok=True)
+    (Path(marker) / f"{time.monotonic_ns()}-{tag}-{os.getpid()}").touch()
+    while not Path(gate).exists():
+        await asyncio.sleep(0.02)

@@ -94,6 +94,35 @@ async def test_sigkilled_worker_loses_no_call(
     assert info.state == CallStatus.SUCCEEDED and info.attempt == 2
 
 
+async def test_sigkilled_worker_loses_no_prefetched_call(
+    fx: FunctionsClient, server: ThreadServer, workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    gate, marker = tmp_path / "gate", tmp_path / "starts"
+
+    def args(tag: str) -> dict[str, str]:
+        return {"gate": str(gate), "marker": str(marker), "tag": tag}
+
+    first = WorkerProcess(server.address, "--slots", "1", "--prefetch", "3")
+    workers.append(first)
+    gate.touch()  # a quick first call: the worker learns to prefetch `gated`
+    await fx.result(await fx.submit("gated", args("warm")), wait_s=WAIT_S)
+    gate.unlink()
+    blocker = await fx.submit("gated", args("a"))
+    await _until(lambda: _starts(marker) == 2)
+    prefetched = [await fx.submit("gated", args(f"p{i}")) for i in range(3)]
+    for call_id in prefetched:  # leased by the worker, not started
+        while (await fx.status(call_id)).state != CallStatus.RUNNING:
+            await asyncio.sleep(0.02)
+    assert _starts(marker) == 2
+    first.kill()  # its leases, the prefetched calls' too, are left to expire
+    gate.touch()
+    workers.append(WorkerProcess(server.address))
+    for call_id in [blocker, *prefetched]:
+        await fx.result(call_id, wait_s=WAIT_S)
+        assert (await fx.status(call_id)).attempt == 2
+    assert _starts(marker) == 2 + 1 + 3  # the blocker ran twice, each prefetched call once
+
+
 async def test_sigterm_drains_running_calls(
     fx: FunctionsClient, server: ThreadServer, workers: list[WorkerProcess], tmp_path: Path
 ) -> None:

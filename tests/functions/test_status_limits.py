@@ -9,6 +9,7 @@ from typing import Any
 from spindle.functions import CallRequest, CallStatus, FunctionsClient, limits
 from spindle.functions.metrics import render
 from spindle.functions.status import report
+from tests.functions import apps
 
 WAIT_S = 20.0
 
@@ -29,15 +30,15 @@ async def test_concurrency_limit_holds_across_two_workers(
 
 
 async def test_edf_order_within_criticality(fx: FunctionsClient, start_worker: Any) -> None:
-    # Submitted in reverse deadline order, into one worker slot: they run by deadline.
-    ids = [await fx.submit("add", {"a": i, "b": 0}, deadline=600 - i * 10) for i in range(6)]
-    urgent = await fx.submit("add", {"a": 99, "b": 0}, deadline=900, criticality="critical")
-    await start_worker(slots=1)
+    # Submitted in reverse deadline order, into one worker slot (with prefetch: the worker
+    # leases calls ahead, and must still run them by deadline).
+    apps.RUN_ORDER.clear()
+    ids = [await fx.submit("ordered", {"tag": i}, deadline=600 - i * 10) for i in range(6)]
+    urgent = await fx.submit("ordered", {"tag": 99}, deadline=900, criticality="critical")
+    await start_worker(slots=1, prefetch=3)
     for call_id in [*ids, urgent]:
         await fx.result(call_id, wait_s=WAIT_S)
-    started = {cid: (await fx.status(cid)).started_ms for cid in [*ids, urgent]}
-    order = sorted(started, key=lambda cid: started[cid])
-    assert order == [urgent, *reversed(ids)]
+    assert apps.RUN_ORDER == [99, 5, 4, 3, 2, 1, 0]
 
 
 async def test_status_report_and_metrics(fx: FunctionsClient, start_worker: Any) -> None:
