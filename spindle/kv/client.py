@@ -92,6 +92,9 @@ class _Connection(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._out: list[bytes] = []
         """Frames of this event-loop turn, sent in one socket write at its end."""
+        self.slots = asyncio.Semaphore(limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX)
+        """Requests in flight on this connection, bounded like the server's side: beyond
+        it, callers wait for a response to free a slot."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
@@ -240,14 +243,15 @@ class AsyncClient:
 
     async def _send(self, address: tuple[str, int], request: p.Request) -> p.RawResponse:
         connection = await self._connection(address)
-        future = connection.send(request)
-        try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except TimeoutError:
-            connection.forget(request.id)
-            raise Timeout(
-                f"no answer from {address[0]}:{address[1]} in {self.timeout_s}s"
-            ) from None
+        async with connection.slots:  # bounded in flight: waits, never fails
+            future = connection.send(request)
+            try:
+                return await asyncio.wait_for(future, self.timeout_s)
+            except TimeoutError:
+                connection.forget(request.id)
+                raise Timeout(
+                    f"no answer from {address[0]}:{address[1]} in {self.timeout_s}s"
+                ) from None
 
     async def call(
         self,

@@ -334,3 +334,20 @@ async def test_pipelined_requests_on_one_connection(kv: AsyncClient) -> None:
     values = await asyncio.gather(*(kv.get(b"p%d" % i) for i in range(300)))
     assert values == [b"%d" % i for i in range(300)]
     assert len(kv._connections) == 1, "one multiplexed connection per node"
+
+
+async def test_client_bounds_requests_in_flight_per_connection(kv: AsyncClient) -> None:
+    await kv.put(b"hot", b"v")
+    peak = 0
+    (connection,) = kv._connections.values()
+    original = connection.send
+
+    def counting_send(request: p.Request) -> asyncio.Future[p.RawResponse]:
+        nonlocal peak
+        peak = max(peak, len(connection.pending) + 1)
+        return original(request)
+
+    connection.send = counting_send  # type: ignore[method-assign]
+    values = await asyncio.gather(*(kv.get(b"hot") for _ in range(3000)))
+    assert values == [b"v"] * 3000
+    assert peak <= limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX
