@@ -16,11 +16,15 @@ from typing import Any
 
 from spindle.kv.errors import SpindleError
 from spindle.kv.storage import Engine, WriteBatch
+from spindle.kv.storage.batching import BatchingEngine
 
 
 class GroupCommitter:
+    """`engine` is what the node writes through: writes are queued in it and reach the
+    real engine as one batch right before each fsync."""
+
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = BatchingEngine(engine)
         self.written_seq = 0
         self.durable_seq = 0
         self.syncs = 0
@@ -70,6 +74,12 @@ class GroupCommitter:
     def _start_sync(self) -> None:
         self._syncing = True
         target = self.written_seq
+        try:
+            self.engine.flush()  # on the loop thread: the fsync covers every queued write
+        except Exception as error:
+            self._syncing = False
+            self._fail(error)
+            return
         loop = asyncio.get_running_loop()
         task = loop.run_in_executor(self._executor, self.engine.sync)
         task.add_done_callback(lambda done: self._synced(done, target))
@@ -79,13 +89,7 @@ class GroupCommitter:
         self.syncs += 1
         error = done.exception()
         if error is not None:
-            # A failed fsync leaves the durable state unknown: refuse from here on rather
-            # than acknowledge writes that may be lost.
-            self._failure = error
-            while self._waiters:
-                _, future, _ = self._waiters.popleft()
-                if not future.done():
-                    future.set_exception(SpindleError(f"storage failed: {error}"))
+            self._fail(error)
             return
         self.durable_seq = max(self.durable_seq, target)
         waiters = self._waiters
@@ -95,6 +99,15 @@ class GroupCommitter:
                 _settle(future, value)
         if waiters:
             self._start_sync()
+
+    def _fail(self, error: BaseException) -> None:
+        """A failed write or fsync leaves the durable state unknown: refuse from here on
+        rather than acknowledge writes that may be lost."""
+        self._failure = error
+        while self._waiters:
+            _, future, _ = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(SpindleError(f"storage failed: {error}"))
 
     async def drain(self) -> None:
         """Wait until every write so far is durable (used at shutdown)."""

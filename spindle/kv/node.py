@@ -87,10 +87,12 @@ class Node:
         port: int = 0,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        self.engine = engine
+        self.committer = GroupCommitter(engine)
+        self.engine = self.committer.engine
+        """What the node reads and writes through: writes queue here and reach `engine`
+        as one batch per group commit."""
         self.node_id = node_id
         self.clock_ms = clock_ms
-        self.committer = GroupCommitter(engine)
         self.shards: dict[int, Shard] = {}
         self.started_at_ms = clock_ms()
         raw = engine.get(CF.META, CATALOG_KEY)

@@ -94,3 +94,47 @@ def test_memory_crash_drops_only_unsynced() -> None:
     assert engine.get(CF.DATA, b"lost") is None
     assert engine.get(CF.DATA, b"durable") == b"1"
     assert engine.synced_writes == 1
+
+
+def test_batching_engine_reads_its_queued_writes_and_flushes_once() -> None:
+    from spindle.kv.storage.batching import BatchingEngine
+
+    inner = MemoryEngine()
+    put_all(inner, CF.DATA, {b"old": b"1", b"gone": b"2"})
+    engine = BatchingEngine(inner)
+    for key, value in ((b"a", b"x"), (b"b", b"y")):
+        batch = engine.new_batch()
+        batch.put(CF.DATA, key, value)
+        batch.put(CF.META, b"applied", value)
+        engine.write(batch)
+    batch = engine.new_batch()
+    batch.delete(CF.DATA, b"gone")
+    engine.write(batch)
+    assert engine.get(CF.DATA, b"a") == b"x", "queued writes are visible at once"
+    assert engine.get(CF.DATA, b"gone") is None
+    assert engine.get(CF.DATA, b"old") == b"1"
+    assert inner.get(CF.DATA, b"a") is None, "nothing reached the engine yet"
+    assert engine.queued == 5
+    assert engine.get(CF.META, b"applied") == b"y", "other families flush first"
+    assert inner.get(CF.DATA, b"a") == b"x" and engine.flushes == 1
+    assert inner.unsynced_batches == 2, "one engine write for the whole group"
+
+
+def test_batching_engine_scans_and_ranges_see_everything() -> None:
+    from spindle.kv.storage.batching import BatchingEngine
+
+    engine = BatchingEngine(MemoryEngine())
+    batch = engine.new_batch()
+    for c in b"abcd":
+        batch.put(CF.DATA, bytes([c]), b"v")
+    engine.write(batch)
+    assert [k for k, _ in engine.scan(CF.DATA, b"", None)] == [b"a", b"b", b"c", b"d"]
+    batch = engine.new_batch()
+    batch.put(CF.DATA, b"e", b"v")
+    engine.write(batch)
+    batch = engine.new_batch()
+    batch.delete_range(CF.DATA, b"b", b"d")
+    engine.write(batch)
+    assert engine.get(CF.DATA, b"b") is None, "a range delete is written through at once"
+    assert engine.queued == 0
+    assert [k for k, _ in engine.scan(CF.DATA, b"", None)] == [b"a", b"d", b"e"]
