@@ -149,6 +149,15 @@ async def _warm_up(fx: FunctionsClient, gate: Path, marker: Path) -> None:
     gate.unlink()
 
 
+def _started(marker: Path, tags: list[str]) -> Any:
+    """A predicate: exactly `tags` started, in that order (the first call is the blocker)."""
+
+    async def check() -> bool:
+        return _starts(marker) == tags
+
+    return check
+
+
 def _args(gate: Path, marker: Path, tag: str) -> dict[str, str]:
     return {"gate": str(gate), "marker": str(marker), "tag": tag}
 
@@ -198,6 +207,7 @@ async def test_prefetched_call_whose_lease_is_lost_runs_again(
     await start_worker(slots=1, prefetch=2)
     await _warm_up(fx, gate, marker)
     blocker = await fx.submit("gated", _args(gate, marker, "a"))
+    await _until(_started(marker, ["warm", "a"]))
     waiting = await fx.submit("gated", _args(gate, marker, "b"))
     await _leased(fx, blocker, waiting)
     # As if the worker had died: its leases are reclaimed once they expire.
@@ -215,7 +225,9 @@ async def test_prefetched_call_whose_lease_is_lost_runs_again(
     gate.touch()
     await fx.result(blocker, wait_s=WAIT_S)
     await fx.result(waiting, wait_s=WAIT_S)
-    assert _starts(marker).count("b") == 1
+    # Once under the new lease; possibly once more on the stale one, if a slot freed (the
+    # blocker's own lost lease) before the heartbeat saw b's loss: its result is refused.
+    assert 1 <= _starts(marker).count("b") <= 2
     assert (await fx.status(waiting)).attempt == 2
     counts = await _counts(fx, "gated")
     assert counts.get(RUNNING, 0) == 0 and counts.get(QUEUED, 0) == 0
@@ -228,6 +240,7 @@ async def test_drain_hands_back_prefetched_calls_unstarted(
     first = await start_worker(slots=1, prefetch=2)
     await _warm_up(fx, gate, marker)
     blocker = await fx.submit("gated", _args(gate, marker, "a"))
+    await _until(_started(marker, ["warm", "a"]))
     prefetched = [await fx.submit("gated", _args(gate, marker, f"p{i}")) for i in range(2)]
     await _leased(fx, blocker, *prefetched)
     first.stop.set()
