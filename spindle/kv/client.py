@@ -98,6 +98,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid call
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
@@ -130,7 +131,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise Unavailable("connection is closed")
         request.id = next(self._ids)
-        future: asyncio.Future[p.RawResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[p.RawResponse] = self._loop.create_future()
         self.pending[request.id] = future
         body = _encoder.encode(request)
         if len(body) > limits.FRAME_BYTES_MAX:
@@ -139,7 +140,7 @@ class _Connection(asyncio.Protocol):
                 f"request of {len(body)} bytes exceeds the frame limit {limits.FRAME_BYTES_MAX}"
             )
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(p.FRAME_HEADER.pack(len(body)) + body)
         return future
 

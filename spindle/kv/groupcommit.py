@@ -32,6 +32,9 @@ class GroupCommitter:
         self._syncing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the first waiter: looked up once (each `get_running_loop` is a
+        getpid system call on Python 3.11)."""
 
     def write(self, batch: WriteBatch) -> int:
         """Apply a batch unsynced; returns its sequence number, which `after_seq` (or
@@ -57,7 +60,10 @@ class GroupCommitter:
         return self._wait(seq, value)
 
     def _wait(self, seq: int, value: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if self._failure is not None:
             future.set_exception(SpindleError(f"storage failed: {self._failure}"))
             return future

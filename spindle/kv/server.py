@@ -92,6 +92,7 @@ class NodeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = typing.cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
         self.stats.connections_open += 1
         self.stats.connections_total += 1
@@ -255,7 +256,7 @@ class NodeProtocol(asyncio.Protocol):
                 self._reply_error(request_id, Internal(f"{type(error).__name__}: {error}"))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         if (
             self._paused
             and self._inflight < limits.INFLIGHT_REQUESTS_PER_CONNECTION_MAX // 2
@@ -354,12 +355,15 @@ class Dispatcher:
     def __init__(self, node: Node) -> None:
         self.queue: FairQueue[tuple[Any, p.Request]] = FairQueue(node.quotas.weight)
         self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, tenant: str, connection: Any, request: p.Request) -> None:
         self.queue.push(tenant, (connection, request))
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._run)
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._run)
 
     def _run(self) -> None:
         queue = self.queue
@@ -371,7 +375,8 @@ class Dispatcher:
         for connection in touched:
             connection.after_dispatch()
         if queue:
-            asyncio.get_running_loop().call_soon(self._run)
+            assert self._loop is not None
+            self._loop.call_soon(self._run)
         else:
             self._scheduled = False
 
