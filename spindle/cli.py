@@ -89,6 +89,32 @@ def server(
             "(like Redis's protected mode). --no-loopback-default requires a token always."
         ),
     ] = True,
+    node_id: Annotated[
+        int, typer.Option(envvar="SPINDLE_NODE_ID", help="This node's id, unique in the cluster.")
+    ] = 1,
+    join: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPINDLE_JOIN",
+            help="HOST:PORT of any cluster member to join; without it the node bootstraps "
+            "a new cluster.",
+        ),
+    ] = None,
+    cluster_size: Annotated[
+        int,
+        typer.Option(
+            envvar="SPINDLE_CLUSTER_SIZE",
+            help="Nodes the new cluster will have (bootstrap only); keyspaces replicate "
+            "min(3, this) ways and the default keyspace appears once that many joined.",
+        ),
+    ] = 1,
+    cluster_secret: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPINDLE_CLUSTER_SECRET",
+            help="Shared by all nodes of a cluster to authenticate each other.",
+        ),
+    ] = None,
 ) -> None:
     """Run a storage node in the foreground (Ctrl-C or SIGTERM stops it cleanly)."""
     import logging
@@ -115,6 +141,15 @@ def server(
         console.print("Ctrl-C stops the node.", highlight=False)
         sys.stdout.flush()
 
+    from spindle.kv.client import parse_address
+    from spindle.kv.run import ClusterOptions
+
+    cluster = ClusterOptions(
+        node_id=node_id,
+        cluster_size=cluster_size,
+        join=parse_address(join) if join else None,
+        secret=cluster_secret,
+    )
     run(
         data_dir,
         host,
@@ -123,6 +158,7 @@ def server(
         on_ready=ready,
         loopback_default_tenant=loopback_default,
         resp_port=resp_port,
+        cluster=cluster,
     )
     console.print("stopped cleanly")
 

@@ -16,6 +16,7 @@ import asyncio
 import bisect
 import itertools
 import os
+import random
 import threading
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -28,6 +29,7 @@ from spindle.kv import limits
 from spindle.kv import protocol as p
 from spindle.kv.errors import (
     InvalidArgument,
+    NotLeader,
     SpindleError,
     Timeout,
     Unavailable,
@@ -58,6 +60,10 @@ class _MapShard(msgspec.Struct):
     end: bytes | None
     epoch: int
     node_id: int
+    """The preferred leader."""
+    replicas: list[int] = []
+    leader_id: int = 0
+    """The leader as the serving node knew it (0: unknown); NotLeader hints update it."""
 
 
 class _KeyspaceMap(msgspec.Struct):
@@ -71,14 +77,22 @@ class _KeyspaceMap(msgspec.Struct):
     def internal_key(self, key: bytes) -> bytes:
         return hash_prefix(key) + key if self.partitioning == "hash" else key
 
-    def address_for(self, internal_key: bytes) -> tuple[str, int]:
+    def shard(self, internal_key: bytes) -> _MapShard:
         starts = [shard.start for shard in self.shards]
-        shard = self.shards[bisect.bisect_right(starts, internal_key) - 1]
-        return self.nodes[str(shard.node_id)]
+        return self.shards[bisect.bisect_right(starts, internal_key) - 1]
+
+    def address_for(self, internal_key: bytes, *, any_replica: bool = False) -> tuple[str, int]:
+        """Where to send a request for the shard holding `internal_key`: its leader, or
+        (for reads that any replica may serve) a random replica, spreading load."""
+        shard = self.shard(internal_key)
+        node_id = shard.leader_id or shard.node_id
+        if any_replica and shard.replicas:
+            node_id = random.choice(shard.replicas)
+        target = self.nodes.get(str(node_id))
+        return target if target is not None else self.nodes[str(shard.node_id)]
 
     def shard_of(self, internal_key: bytes) -> int:
-        starts = [shard.start for shard in self.shards]
-        return self.shards[bisect.bisect_right(starts, internal_key) - 1].shard_id
+        return self.shard(internal_key).shard_id
 
 
 class _Connection(asyncio.Protocol):
@@ -172,7 +186,20 @@ class AsyncClient:
         retries: int = limits.CLIENT_RETRIES_MAX,
         tenant: str | None = None,
         token: str | None = None,
+        consistency: str = "strong",
+        max_staleness_ms: int = 0,
     ) -> None:
+        """`consistency` is the default read level (see protocol.CONSISTENCY_LEVELS);
+        with "read_your_writes" the client remembers, per shard, the version of its last
+        write and asks the replica to have applied it."""
+        if consistency not in p.CONSISTENCY_LEVELS:
+            raise InvalidArgument(
+                f"consistency must be one of {', '.join(p.CONSISTENCY_LEVELS)}, got {consistency!r}"
+            )
+        self.consistency = consistency
+        self.max_staleness_ms = max_staleness_ms
+        self._written: dict[tuple[str, int], int] = {}
+        """(keyspace, shard id) -> version of this client's latest write there."""
         self.seed = parse_address(address or os.environ.get("SPINDLE_ADDR", DEFAULT_ADDRESS))
         self.tenant = tenant or os.environ.get("SPINDLE_TENANT") or None
         self.token = token or os.environ.get("SPINDLE_TOKEN") or None
@@ -264,15 +291,19 @@ class AsyncClient:
         keyspace: str | None = None,
     ) -> T:
         """Send one request to the node serving `route_key` (an internal key) and decode
-        its result, retrying on WrongShard and, when idempotent, on connection loss."""
+        its result, retrying on WrongShard, on NotLeader (the write was not applied: go
+        where the hint points) and, when idempotent, on connection loss and Unavailable."""
         attempt = 0
+        any_replica = isinstance(request, p.ReadRequest) and request.consistency != "strong"
         while True:
             address = self.seed
             if keyspace is not None and isinstance(request, p.KeyspaceRequest):
                 ks_map = await self._map(keyspace)
                 request.epoch = ks_map.epoch
                 if route_key is not None:
-                    address = tuple(ks_map.address_for(route_key))  # type: ignore[assignment]
+                    address = tuple(  # type: ignore[assignment]
+                        ks_map.address_for(route_key, any_replica=any_replica and attempt == 0)
+                    )
             try:
                 response = await self._send(address, request)
             except Unavailable:
@@ -289,6 +320,18 @@ class AsyncClient:
             if isinstance(error, WrongShard) and keyspace is not None and attempt < self.retries:
                 attempt += 1
                 self._update_map(keyspace, error.detail)
+                continue
+            if isinstance(error, NotLeader) and attempt < self.retries:
+                attempt += 1
+                hint = error.detail.get("leader_id", 0) if isinstance(error.detail, dict) else 0
+                if keyspace is not None and route_key is not None and keyspace in self._maps:
+                    self._maps[keyspace].shard(route_key).leader_id = hint
+                if not hint:
+                    await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)  # an election is on
+                continue
+            if isinstance(error, Unavailable) and idempotent and attempt < self.retries:
+                attempt += 1  # a replica too stale, or no leader yet: retry at the leader
+                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
                 continue
             raise error
 
@@ -313,13 +356,29 @@ class AsyncClient:
     ) -> T:
         keyspace = request.keyspace
         ks_map = await self._map(keyspace)
-        return await self.call(
-            request,
-            result_type,
-            idempotent=idempotent,
-            route_key=ks_map.internal_key(key),
-            keyspace=keyspace,
+        route = ks_map.internal_key(key)
+        if isinstance(request, p.ReadRequest):
+            self._read_level(request, keyspace, ks_map.shard_of(route))
+        result = await self.call(
+            request, result_type, idempotent=idempotent, route_key=route, keyspace=keyspace
         )
+        version = getattr(result, "version", None)
+        if isinstance(version, int) and not isinstance(request, p.ReadRequest):
+            self._note_write(keyspace, ks_map.shard_of(route), version)
+        return result
+
+    def _note_write(self, keyspace: str, shard_id: int, version: int) -> None:
+        key = (keyspace, shard_id)
+        if version > self._written.get(key, 0):
+            self._written[key] = version
+
+    def _read_level(self, request: p.ReadRequest, keyspace: str, shard_id: int) -> None:
+        """Fill in what the request's level needs: the staleness bound, or the version
+        of this client's last write to the shard."""
+        if request.consistency == "bounded" and not request.max_staleness_ms:
+            request.max_staleness_ms = self.max_staleness_ms
+        elif request.consistency == "read_your_writes":
+            request.min_version = self._written.get((keyspace, shard_id), 0)
 
     def _ks(self, keyspace: str | None) -> str:
         return keyspace or self.keyspace
@@ -329,43 +388,72 @@ class AsyncClient:
     async def ping(self) -> dict[str, Any]:
         return await self.call(p.Ping(id=0), dict, idempotent=True)
 
-    async def get(self, key: bytes, *, keyspace: str | None = None) -> bytes | None:
-        item = await self.get_item(key, keyspace=keyspace)
+    async def get(
+        self,
+        key: bytes,
+        *,
+        keyspace: str | None = None,
+        consistency: str | None = None,
+        max_staleness_ms: int = 0,
+    ) -> bytes | None:
+        item = await self.get_item(
+            key, keyspace=keyspace, consistency=consistency, max_staleness_ms=max_staleness_ms
+        )
         return None if item is None else item.value
 
-    async def get_item(self, key: bytes, *, keyspace: str | None = None) -> Item | None:
-        """The value with its version (for conditional writes and transactions)."""
-        request = p.Get(id=0, keyspace=self._ks(keyspace), key=key)
+    async def get_item(
+        self,
+        key: bytes,
+        *,
+        keyspace: str | None = None,
+        consistency: str | None = None,
+        max_staleness_ms: int = 0,
+    ) -> Item | None:
+        """The value with its version (for conditional writes and transactions).
+        `consistency` overrides the client's default level for this read."""
+        request = p.Get(
+            id=0,
+            keyspace=self._ks(keyspace),
+            key=key,
+            consistency=consistency or self.consistency,
+            max_staleness_ms=max_staleness_ms,
+        )
         return await self._keyed(request, key, Stored | None, True)  # type: ignore[arg-type]
 
     async def multi_get(
-        self, keys: list[bytes], *, keyspace: str | None = None
+        self, keys: list[bytes], *, keyspace: str | None = None, consistency: str | None = None
     ) -> list[bytes | None]:
-        items = await self.multi_get_items(keys, keyspace=keyspace)
+        items = await self.multi_get_items(keys, keyspace=keyspace, consistency=consistency)
         return [None if item is None else item.value for item in items]
 
     async def multi_get_items(
-        self, keys: list[bytes], *, keyspace: str | None = None
+        self, keys: list[bytes], *, keyspace: str | None = None, consistency: str | None = None
     ) -> list[Item | None]:
-        """Values of many keys, one request per node serving them."""
+        """Values of many keys, one request per shard (sent to its leader, or for
+        non-strong levels, to one of its replicas)."""
         name = self._ks(keyspace)
         ks_map = await self._map(name)
-        by_address: dict[tuple[str, int], list[int]] = {}
+        by_shard: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
-            address = ks_map.address_for(ks_map.internal_key(key))
-            by_address.setdefault(address, []).append(index)
+            by_shard.setdefault(ks_map.shard_of(ks_map.internal_key(key)), []).append(index)
         results: list[Item | None] = [None] * len(keys)
 
         async def fetch(positions: list[int]) -> None:
-            request = p.MultiGet(id=0, keyspace=name, keys=[keys[i] for i in positions])
+            request = p.MultiGet(
+                id=0,
+                keyspace=name,
+                keys=[keys[i] for i in positions],
+                consistency=consistency or self.consistency,
+            )
             route = ks_map.internal_key(keys[positions[0]])
+            self._read_level(request, name, ks_map.shard_of(route))
             found = await self.call(
                 request, list[Stored | None], idempotent=True, route_key=route, keyspace=name
             )
             for position, item in zip(positions, found, strict=True):
                 results[position] = item
 
-        await asyncio.gather(*(fetch(positions) for positions in by_address.values()))
+        await asyncio.gather(*(fetch(positions) for positions in by_shard.values()))
         return results
 
     async def put(
@@ -484,6 +572,7 @@ class AsyncClient:
         limit: int = 100,
         cursor: bytes | None = None,
         keyspace: str | None = None,
+        consistency: str | None = None,
     ) -> p.ScanPage:
         """One page of a scan; pass `page.cursor` back for the next (None: done)."""
         name = self._ks(keyspace)
@@ -505,7 +594,9 @@ class AsyncClient:
             reverse=reverse,
             limit=limit,
             cursor=cursor,
+            consistency=consistency or self.consistency,
         )
+        self._read_level(request, name, ks_map.shard_of(route))
         return await self.call(request, p.ScanPage, idempotent=True, route_key=route, keyspace=name)
 
     async def scan(

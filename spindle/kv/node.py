@@ -8,14 +8,31 @@ write they observed to become durable). Tests and the simulator drive it directl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
+import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from spindle.kv import limits
 from spindle.kv import protocol as p
+from spindle.kv.catalogstate import (
+    META_GROUP_ID,
+    AddNode,
+    CatalogCommand,
+    CatalogState,
+    Configure,
+    CreateKeyspace,
+    CreateTenant,
+    DeleteTenant,
+    SetQuota,
+    SetToken,
+    encode_command,
+)
 from spindle.kv.commands import (
     Batch,
     DeleteOp,
@@ -30,21 +47,28 @@ from spindle.kv.commands import (
 from spindle.kv.errors import (
     InvalidArgument,
     NotFound,
+    NotLeader,
     PermissionDenied,
     QuotaExceeded,
+    SpindleError,
+    Timeout,
     TooLarge,
+    Unavailable,
     UnknownOperation,
     WrongShard,
 )
 from spindle.kv.groupcommit import GroupCommitter
 from spindle.kv.keys import (
-    CATALOG_KEY,
     HASH_PREFIX_BYTES,
+    encode_u64,
     keyspace_prefix,
     prefix_end,
     split_ttl_key,
 )
-from spindle.kv.shard import LocalLog, Shard
+from spindle.kv.multiraft import Envelope, RaftHost
+from spindle.kv.raft import ConfChange, ConfChangeType, ProposalDropped
+from spindle.kv.replica import PROPOSAL_TIMEOUT_S, Replica
+from spindle.kv.shard import LocalLog, RaftLog, Shard, ShardApplier
 from spindle.kv.shardmap import (
     DEFAULT_KEYSPACE,
     DEFAULT_SHARDS,
@@ -54,23 +78,32 @@ from spindle.kv.shardmap import (
     NodeInfo,
     Partitioning,
     ShardInfo,
+    check_name,
 )
 from spindle.kv.statemachine import ShardState
 from spindle.kv.storage import CF, Engine
 from spindle.kv.tenancy import (
     ADMIN_TENANT,
+    Quota,
     QuotaEnforcer,
     hash_token,
     new_token,
     token_matches,
 )
+from spindle.kv.transport import PeerTransport, Transport
 from spindle.kv.values import Stored
+
+log = logging.getLogger("spindle.node")
+
+MAX_DEFAULT_REPLICATION = 3
+"""A cluster's default replication factor is min(this, its configured size)."""
+JOIN_RETRY_S = 0.5
+"""Pause between a joining node's attempts to be added."""
+MAINTAIN_INTERVAL_S = 0.5
+"""How often the metadata leader checks for work (the default keyspace)."""
 
 Result = Any
 """A plain result, an asyncio.Future of one, or a coroutine producing one."""
-
-_catalog_encoder = msgspec.msgpack.Encoder()
-_catalog_decoder = msgspec.msgpack.Decoder(Catalog)
 
 
 def wall_clock_ms() -> int:
@@ -78,6 +111,15 @@ def wall_clock_ms() -> int:
 
 
 class Node:
+    """A storage node: the catalog's replica (the metadata group), the shard replicas it
+    hosts, and the request handlers. `start()` runs its Raft groups; `close()` stops them.
+
+    A node started without `join` bootstraps a new cluster (the metadata group's only
+    voter at first); `cluster_size` sets the cluster's default replication factor
+    (min(3, cluster_size)), so the default keyspace is created once that many nodes have
+    joined. A node started with `join` (the address of any member) asks to be added.
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -85,9 +127,18 @@ class Node:
         node_id: int = 1,
         host: str = "127.0.0.1",
         port: int = 0,
+        http_port: int = 0,
+        resp_port: int = 0,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        cluster_size: int = 1,
+        join: tuple[str, int] | None = None,
+        secret: str | None = None,
+        committer: GroupCommitter | None = None,
+        transport: Transport | None = None,
     ) -> None:
-        self.committer = GroupCommitter(engine)
+        """`committer` and `transport` default to the real ones (fsync in a thread, TCP
+        to peers); the simulator passes its own."""
+        self.committer = committer if committer is not None else GroupCommitter(engine)
         self.engine = self.committer.engine
         """What the node reads and writes through: writes queue here and reach `engine`
         as one batch per group commit."""
@@ -95,18 +146,21 @@ class Node:
         self.clock_ms = clock_ms
         self.shards: dict[int, Shard] = {}
         self.started_at_ms = clock_ms()
-        raw = engine.get(CF.META, CATALOG_KEY)
-        self.catalog = Catalog() if raw is None else _catalog_decoder.decode(raw)
-        self.catalog.nodes[node_id] = NodeInfo(node_id, host, port)
-        if DEFAULT_TENANT not in self.catalog.tenants:
-            self.catalog.add_tenant(DEFAULT_TENANT)
+        self.address = NodeInfo(node_id, host, port, http_port, resp_port)
+        self.cluster_size = cluster_size
+        self.join_address = join
+        self.secret = secret or new_token()
+        self.transport: Transport | None = transport
+        self.host = RaftHost(
+            node_id, self.committer, self._send_raft, address_of=self._address_detail
+        )
+        self.catalog_state = CatalogState(
+            self.engine, self.committer.write, self._on_catalog_change
+        )
         self.quotas = QuotaEnforcer(lambda: self.clock_ms() / 1000)
-        for tenant in self.catalog.tenants.values():
-            self.quotas.set_quota(tenant.name, tenant.quota)
-            for keyspace_name, quota in tenant.keyspace_quotas.items():
-                self.quotas.set_quota(tenant.name, quota, keyspace_name)
+        self._load_quotas()
         for keyspace, info in self.catalog.shards():
-            if info.node_id == node_id:
+            if self.node_id in (info.replicas or (info.node_id,)):
                 self._open_shard(keyspace, info)
         self._handlers: dict[type[p.Request], Callable[[str, Any], Result]] = {
             p.Ping: self._ping,
@@ -129,18 +183,207 @@ class Node:
             p.SetQuota: self._set_quota,
             p.DeleteTenant: self._delete_tenant,
             p.RotateToken: self._rotate_token,
+            p.Join: self._join,
         }
         self.ops_served: dict[str, int] = {}
+        self.forwarded_requests = 0
         self._read_seq = 0
+        self._started = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.meta: Replica | None = None
+        self.learned_addresses: dict[int, tuple[str, int]] = {}
 
-    def set_address(self, host: str, port: int) -> None:
-        self.catalog.nodes[self.node_id] = NodeInfo(self.node_id, host, port)
+    @property
+    def catalog(self) -> Catalog:
+        return self.catalog_state.catalog
+
+    def set_address(self, host: str, port: int, http_port: int | None = None) -> None:
+        self.address = msgspec.structs.replace(
+            self.address, host=host, port=port, http_port=http_port or self.address.http_port
+        )
+
+    def _load_quotas(self) -> None:
+        for tenant in self.catalog.tenants.values():
+            self.quotas.set_quota(tenant.name, tenant.quota)
+            for keyspace_name, quota in tenant.keyspace_quotas.items():
+                self.quotas.set_quota(tenant.name, quota, keyspace_name)
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def ensure_default_keyspace(self) -> None:
-        if f"{DEFAULT_TENANT}/{DEFAULT_KEYSPACE}" not in self.catalog.keyspaces:
-            await self.create_keyspace(DEFAULT_TENANT, DEFAULT_KEYSPACE, DEFAULT_SHARDS)
+    async def start(self) -> None:
+        """Run the Raft groups; bootstrap the cluster, or ask to join it. Returns once
+        this node serves (a joining node keeps asking in the background)."""
+        if self._started:
+            return
+        self._started = True
+        if self.transport is None:
+            self.transport = PeerTransport(
+                self.node_id,
+                self.secret,
+                self._peer_address,
+                lambda: (self.address.host, self.address.port),
+                self.host.peer_unreachable,
+            )
+        bootstrap = self.join_address is None
+        self.meta = self.host.open_group(
+            META_GROUP_ID, self.catalog_state, bootstrap_voters=(self.node_id,) if bootstrap else ()
+        )
+        self.host.start()
+        if bootstrap and not self.catalog.nodes:
+            self.meta.raw.campaign()
+            self.host.wake(self.meta)
+            await self._wait_meta_leader(timeout_s=10.0)
+            factor = max(1, min(MAX_DEFAULT_REPLICATION, self.cluster_size))
+            await self._meta_propose(Configure(factor))
+            await self._meta_propose(self._add_node_command())
+            if DEFAULT_TENANT not in self.catalog.tenants:
+                await self._meta_propose(CreateTenant(DEFAULT_TENANT, ""))
+        elif not bootstrap and self.node_id not in self.catalog.nodes:
+            self._tasks.append(asyncio.ensure_future(self._join_loop()))
+        self._tasks.append(asyncio.ensure_future(self._maintain_loop()))
+
+    def _add_node_command(self) -> AddNode:
+        a = self.address
+        return AddNode(a.node_id, a.host, a.port, a.http_port, a.resp_port)
+
+    async def _wait_meta_leader(self, timeout_s: float) -> None:
+        deadline = self.host.now() + timeout_s
+        while self.meta is not None and not self.meta.is_leader():
+            if self.host.now() > deadline:
+                raise Unavailable("the metadata group elected no leader")
+            await asyncio.sleep(0.01)
+
+    async def _meta_propose(self, command: CatalogCommand) -> Any:
+        assert self.meta is not None, "the node is not started"
+        _, result = await self.meta.propose(encode_command(command))
+        return result
+
+    async def _join_loop(self) -> None:
+        """Ask the cluster (the join address, then wherever it points) to add this node,
+        until it answers yes."""
+        assert self.join_address is not None and self.transport is not None
+        address = self.join_address
+        a = self.address
+        request = p.Join(
+            id=0,
+            node_id=a.node_id,
+            host=a.host,
+            port=a.port,
+            http_port=a.http_port,
+            resp_port=a.resp_port,
+        )
+        while not self.host.closed:
+            try:
+                await self.transport.forward(address, ADMIN_TENANT, request, bool)
+                log.info("node %d joined the cluster via %s:%d", self.node_id, *address)
+                return
+            except NotLeader as error:
+                leader = (error.detail or {}).get("leader")
+                if leader:
+                    address = (leader["host"], leader["port"])
+            except SpindleError as error:
+                log.info("join via %s:%d: %s", address[0], address[1], error)
+                address = self.join_address
+            await asyncio.sleep(JOIN_RETRY_S)
+
+    def _join(self, tenant: str, request: p.Join) -> Result:
+        return self._join_async(request)
+
+    async def _join_async(self, request: p.Join) -> bool:
+        """On the metadata leader: record the node, then make it a voter of the metadata
+        group (one membership change at a time; the caller retries while one is pending)."""
+        meta = self.meta
+        assert meta is not None
+        if not meta.is_leader():
+            raise meta.not_leader("join")
+        await self._meta_propose(
+            AddNode(
+                request.node_id, request.host, request.port, request.http_port, request.resp_port
+            )
+        )
+        if request.node_id not in meta.raw.status().conf_state.voters:
+            try:
+                index = meta.raw.propose_conf_change(
+                    ConfChange(ConfChangeType.ADD_VOTER, request.node_id)
+                )
+            except ProposalDropped as dropped:
+                raise Unavailable(f"membership change refused ({dropped}); retry") from None
+            self.host.wake(meta)
+            await meta.wait_applied(index, timeout_s=PROPOSAL_TIMEOUT_S)
+        return True
+
+    async def _maintain_loop(self) -> None:
+        """On the metadata leader: create the default tenant's keyspace once the cluster
+        has enough nodes for its replication factor."""
+        while not self.host.closed:
+            try:
+                await self._maintain()
+            except SpindleError as error:
+                log.debug("maintenance: %s", error)
+            except Exception:
+                log.exception("maintenance failed")
+            await asyncio.sleep(MAINTAIN_INTERVAL_S)
+
+    async def _maintain(self) -> None:
+        meta = self.meta
+        catalog = self.catalog
+        known = catalog.nodes.get(self.node_id)
+        if known is not None and known != self.address and meta is not None:
+            if meta.is_leader():
+                await self._meta_propose(self._add_node_command())
+            elif meta.leader_id and self.transport is not None:
+                leader = self._peer_address(meta.leader_id)
+                if leader is not None:
+                    a = self.address
+                    join = p.Join(
+                        id=0,
+                        node_id=a.node_id,
+                        host=a.host,
+                        port=a.port,
+                        http_port=a.http_port,
+                        resp_port=a.resp_port,
+                    )
+                    await self.transport.forward(leader, ADMIN_TENANT, join, bool)
+        if meta is None or not meta.is_leader():
+            return
+        if (
+            DEFAULT_TENANT in catalog.tenants
+            and f"{DEFAULT_TENANT}/{DEFAULT_KEYSPACE}" not in catalog.keyspaces
+            and len(catalog.nodes) >= catalog.replication_factor
+        ):
+            await self._meta_propose(
+                CreateKeyspace(
+                    DEFAULT_TENANT,
+                    DEFAULT_KEYSPACE,
+                    DEFAULT_SHARDS,
+                    Partitioning.HASH,
+                    if_absent=True,
+                )
+            )
+
+    async def ensure_default_keyspace(self, timeout_s: float = 30.0) -> None:
+        """Start the node, and wait until the default keyspace exists (it needs as many
+        nodes as the replication factor)."""
+        await self.start()
+        deadline = self.host.now() + timeout_s
+        while f"{DEFAULT_TENANT}/{DEFAULT_KEYSPACE}" not in self.catalog.keyspaces:
+            if self.host.now() > deadline:
+                raise Unavailable("the default keyspace was not created (too few nodes?)")
+            with contextlib.suppress(SpindleError):
+                await self._maintain()
+            await asyncio.sleep(0.01)
+        await self.committer.drain()  # the catalog as applied, not only its log, durable
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until every shard replica here knows its leader (a cluster is serving)."""
+        deadline = self.host.now() + timeout_s
+        while True:
+            replicas = [s.replica for s in self.shards.values() if s.replica is not None]
+            if self.meta is not None and self.meta.leader_id and all(r.leader_id for r in replicas):
+                return
+            if self.host.now() > deadline:
+                raise Unavailable("shards have no leader yet")
+            await asyncio.sleep(0.02)
 
     async def create_keyspace(
         self,
@@ -149,27 +392,48 @@ class Node:
         shards: int = DEFAULT_SHARDS,
         partitioning: Partitioning = Partitioning.HASH,
         split_points: list[bytes] | None = None,
+        replication_factor: int = 0,
     ) -> KeyspaceInfo:
-        keyspace = self.catalog.create_keyspace(
-            tenant,
-            name,
-            shards=shards,
-            partitioning=partitioning,
-            split_points=split_points,
-            node_id=self.node_id,
+        result = await self._meta_propose(
+            CreateKeyspace(tenant, name, shards, partitioning, split_points, replication_factor)
         )
-        for info in keyspace.shards:
-            self._open_shard(keyspace, info)
-        self._persist_catalog()
-        await self.committer.after_durable(None)
-        return keyspace
+        assert isinstance(result, KeyspaceInfo)
+        await self.committer.drain()
+        return result
 
-    def _persist_catalog(self) -> None:
+    def _on_catalog_change(self, command: CatalogCommand, result: Any) -> None:
+        """Applied on every node: act on what changed for this node."""
+        if isinstance(command, CreateTenant):
+            self.quotas.set_quota(command.name, command.quota)
+        elif isinstance(command, SetQuota):
+            self.quotas.set_quota(command.tenant, command.quota, command.keyspace)
+        elif isinstance(command, CreateKeyspace) and isinstance(result, KeyspaceInfo):
+            for info in result.shards:
+                if self.node_id in info.replicas and info.shard_id not in self.shards:
+                    self._open_shard(result, info, new=True)
+        elif isinstance(command, DeleteTenant) and isinstance(result, list):
+            for keyspace in result:
+                self._drop_keyspace_data(keyspace)
+        elif isinstance(command, Configure):
+            self._load_quotas()
+            for keyspace, info in self.catalog.shards():
+                if self.node_id in info.replicas and info.shard_id not in self.shards:
+                    self._open_shard(keyspace, info)
+
+    def _drop_keyspace_data(self, keyspace: KeyspaceInfo) -> None:
         batch = self.engine.new_batch()
-        batch.put(CF.META, CATALOG_KEY, _catalog_encoder.encode(self.catalog))
+        prefix = keyspace_prefix(keyspace.keyspace_id)
+        end = keyspace_prefix(keyspace.keyspace_id + 1)
+        batch.delete_range(CF.DATA, prefix, end)
+        batch.delete_range(CF.TTL, prefix, end)
+        for info in keyspace.shards:
+            shard = self.shards.pop(info.shard_id, None)
+            if shard is not None and shard.replica is not None:
+                self.host.close_group(info.shard_id)
+                batch.delete_range(CF.LOG, encode_u64(info.shard_id), encode_u64(info.shard_id + 1))
         self.committer.write(batch)
 
-    def _open_shard(self, keyspace: KeyspaceInfo, info: ShardInfo) -> None:
+    def _open_shard(self, keyspace: KeyspaceInfo, info: ShardInfo, *, new: bool = False) -> None:
         state = ShardState(
             self.engine,
             keyspace.keyspace_id,
@@ -177,21 +441,108 @@ class Node:
             self.committer.write,
             key_offset=HASH_PREFIX_BYTES if keyspace.partitioning is Partitioning.HASH else 0,
         )
-        self.shards[info.shard_id] = Shard(keyspace, info, state, LocalLog(state, self.committer))
+        replicas = info.replicas or (info.node_id,)
+        if len(replicas) == 1:
+            self.shards[info.shard_id] = Shard(
+                keyspace, info, state, LocalLog(state, self.committer)
+            )
+            return
+        replica = self.host.open_group(
+            info.shard_id, ShardApplier(state, info), bootstrap_voters=replicas
+        )
+        if new and replicas[0] == self.node_id:
+            replica.raw.campaign()  # the preferred leader: spreads leadership over nodes
+        self.shards[info.shard_id] = Shard(keyspace, info, state, RaftLog(replica), replica)
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.host.stop()
+        if self.transport is not None:
+            await self.transport.close()
         await self.committer.drain()
         self.committer.close()
 
+    # -- peers -----------------------------------------------------------------------------
+
+    def _send_raft(self, node_id: int, envelopes: list[Envelope]) -> None:
+        if self.transport is not None:
+            self.transport.send(node_id, envelopes)
+
+    def _peer_address(self, node_id: int) -> tuple[str, int] | None:
+        info = self.catalog.nodes.get(node_id)
+        if info is None:
+            return self.learned_addresses.get(node_id)
+        return info.host, info.port
+
+    def peer_hello(self, request: p.PeerHello) -> bool:
+        """Check a peer's secret; remember where it listens (a joining node needs this
+        before it has the catalog)."""
+        if not hmac.compare_digest(request.secret.encode(), self.secret.encode()):
+            return False
+        if request.port:
+            self.learned_addresses[request.node_id] = (request.host, request.port)
+        return True
+
+    def _address_detail(self, node_id: int) -> dict[str, Any] | None:
+        info = self.catalog.nodes.get(node_id)
+        if info is None:
+            return None
+        return {
+            "node_id": node_id,
+            "host": info.host,
+            "port": info.port,
+            "resp_port": info.resp_port,
+        }
+
     # -- dispatch ------------------------------------------------------------------------
 
-    def execute(self, tenant: str, request: p.Request) -> Result:
+    def execute(self, tenant: str, request: p.Request, *, forwarded: bool = False) -> Result:
         """Run one request for `tenant`: access control, quota admission, then the
-        handler. Raises SpindleError, or returns a result / future / coroutine."""
+        handler. Raises SpindleError, or returns a result / future / coroutine. A request
+        this node cannot serve (a write to a shard led elsewhere) is forwarded to the
+        leader, once: a `forwarded` request is never forwarded again."""
+        try:
+            result = self._execute(tenant, request, forwarded)
+        except (NotLeader, WrongShard) as error:
+            if forwarded or not _leader_of(error):
+                raise
+            return self._forward(error, tenant, request)
+        if forwarded or not isinstance(result, Awaitable):
+            return result
+        kind = type(request)
+        if kind in ADMIN_REQUESTS or (kind in WRITE_REQUESTS and len(self.host.replicas) > 1):
+            return self._forward_if_not_leader(result, tenant, request)
+        return result
+
+    async def _forward_if_not_leader(
+        self, pending: Awaitable[Any], tenant: str, request: p.Request
+    ) -> Any:
+        try:
+            return await pending
+        except NotLeader as error:
+            if not _leader_of(error):
+                raise
+            return await self._forward(error, tenant, request)
+
+    async def _forward(self, error: SpindleError, tenant: str, request: p.Request) -> Any:
+        leader = _leader_of(error)
+        assert leader is not None and self.transport is not None
+        result_type = RESULT_TYPES.get(type(request), Any)
+        self.forwarded_requests += 1
+        return await self.transport.forward(
+            (leader["host"], leader["port"]), tenant, request, result_type
+        )
+
+    def _execute(self, tenant: str, request: p.Request, forwarded: bool) -> Result:
         kind = type(request)
         handler = self._handlers.get(kind)
         if handler is None:
             raise UnknownOperation(f"unknown operation {kind.__name__}")
+        if kind is p.Join:
+            if not forwarded:
+                raise PermissionDenied("join is for cluster nodes (a peer connection)")
+            return handler(tenant, request)
         if kind in ADMIN_REQUESTS:
             if tenant != ADMIN_TENANT:
                 self._refuse(tenant)
@@ -204,13 +555,16 @@ class Node:
         try:
             if kind in READ_REQUESTS:
                 assert isinstance(request, p.KeyspaceRequest)
-                ops = len(request.keys) if isinstance(request, p.MultiGet) else 1
-                self.quotas.admit_read(tenant, request.keyspace, ops)
+                if not forwarded:
+                    ops = len(request.keys) if isinstance(request, p.MultiGet) else 1
+                    self.quotas.admit_read(tenant, request.keyspace, ops)
                 self._read_seq = 0
                 value = handler(tenant, request)
+                if isinstance(value, Awaitable):
+                    return self._charged_read(value, tenant, request.keyspace)
                 self.quotas.charge_read_bytes(tenant, request.keyspace, _result_bytes(value))
                 return self._read_result(value)
-            if kind in WRITE_REQUESTS:
+            if kind in WRITE_REQUESTS and not forwarded:
                 assert isinstance(request, p.KeyspaceRequest)
                 ops, nbytes = _write_cost(request)
                 self.quotas.admit_write(tenant, request.keyspace, nbytes, ops)
@@ -220,6 +574,11 @@ class Node:
         except NotFound:
             self._refuse(tenant)
             raise
+
+    async def _charged_read(self, pending: Awaitable[Any], tenant: str, keyspace: str) -> Any:
+        value = await pending
+        self.quotas.charge_read_bytes(tenant, keyspace, _result_bytes(value))
+        return value
 
     def _refuse(self, tenant: str) -> None:
         self.quotas.tenant_usage(tenant).refused += 1
@@ -256,19 +615,20 @@ class Node:
 
     # -- tenants -------------------------------------------------------------------------
 
-    def bootstrap_credentials(self) -> dict[str, str]:
-        """Create the admin token and the default tenant's token if they do not exist yet.
-        Returns the tokens created (the only time they exist in plain text)."""
+    async def bootstrap_credentials(self) -> dict[str, str]:
+        """Create the admin token and the default tenant's token if they do not exist yet
+        (on the metadata leader). Returns the tokens created (the only time they exist in
+        plain text)."""
         created: dict[str, str] = {}
-        if not self.catalog.admin_token_hash:
-            created[ADMIN_TENANT] = token = new_token()
-            self.catalog.admin_token_hash = hash_token(token)
-        default = self.catalog.tenants[DEFAULT_TENANT]
-        if not default.token_hash:
-            created[DEFAULT_TENANT] = token = new_token()
-            default.token_hash = hash_token(token)
-        if created:
-            self._persist_catalog()
+        for name in (ADMIN_TENANT, DEFAULT_TENANT):
+            if name == ADMIN_TENANT and self.catalog.admin_token_hash:
+                continue
+            info = self.catalog.tenants.get(name)
+            if name != ADMIN_TENANT and (info is None or info.token_hash):
+                continue
+            token = new_token()
+            if await self._meta_propose(SetToken(name, hash_token(token), only_if_unset=True)):
+                created[name] = token
         return created
 
     def authenticate(self, tenant: str, token: str) -> bool:
@@ -285,62 +645,56 @@ class Node:
     def _create_tenant(self, tenant: str, request: p.CreateTenant) -> Result:
         if request.quota is not None:
             request.quota.check()
-        info = self.catalog.add_tenant(request.name)
-        token = new_token()
-        info.token_hash = hash_token(token)
-        info.quota = request.quota
-        self.quotas.set_quota(info.name, info.quota)
-        return self._create_tenant_async(info.name, token)
+        check_name("tenant", request.name)
+        return self._create_tenant_async(request.name, request.quota)
 
-    async def _create_tenant_async(self, name: str, token: str) -> p.TenantCredentials:
+    async def _create_tenant_async(self, name: str, quota: Quota | None) -> p.TenantCredentials:
         """Every tenant starts with a `default` keyspace, so a new tenant can write at
         once (over RESP, too)."""
-        await self.create_keyspace(name, DEFAULT_KEYSPACE, DEFAULT_SHARDS)
+        token = new_token()
+        result = await self._meta_propose(CreateTenant(name, hash_token(token), quota))
+        if isinstance(result, SpindleError):
+            raise result
+        await self._meta_propose(
+            CreateKeyspace(
+                name, DEFAULT_KEYSPACE, DEFAULT_SHARDS, Partitioning.HASH, if_absent=True
+            )
+        )
         return p.TenantCredentials(name, token)
 
     def _rotate_token(self, tenant: str, request: p.RotateToken) -> Result:
+        if request.tenant != ADMIN_TENANT and request.tenant not in self.catalog.tenants:
+            raise NotFound(f"tenant {request.tenant!r} does not exist")
+        return self._rotate_token_async(request.tenant)
+
+    async def _rotate_token_async(self, name: str) -> p.TenantCredentials:
         token = new_token()
-        if request.tenant == ADMIN_TENANT:
-            self.catalog.admin_token_hash = hash_token(token)
-        else:
-            info = self.catalog.tenants.get(request.tenant)
-            if info is None:
-                raise NotFound(f"tenant {request.tenant!r} does not exist")
-            info.token_hash = hash_token(token)
-        self._persist_catalog()
-        return self.committer.after_durable(p.TenantCredentials(request.tenant, token))
+        await self._meta_propose(SetToken(name, hash_token(token)))
+        return p.TenantCredentials(name, token)
 
     def _set_quota(self, tenant: str, request: p.SetQuota) -> Result:
-        info = self.catalog.tenants.get(request.tenant)
-        if info is None:
+        if request.tenant not in self.catalog.tenants:
             raise NotFound(f"tenant {request.tenant!r} does not exist")
         if request.quota is not None:
             request.quota.check()
-        if request.keyspace is None:
-            info.quota = request.quota
-        elif request.quota is None:
-            info.keyspace_quotas.pop(request.keyspace, None)
-        else:
+        if request.keyspace is not None and request.quota is not None:
             self.catalog.keyspace(request.tenant, request.keyspace)
-            info.keyspace_quotas[request.keyspace] = request.quota
-        self.quotas.set_quota(request.tenant, request.quota, request.keyspace)
-        self._persist_catalog()
-        return self.committer.after_durable(self._tenant_summary(info.name))
+        return self._set_quota_async(request)
+
+    async def _set_quota_async(self, request: p.SetQuota) -> p.TenantSummary:
+        await self._meta_propose(SetQuota(request.tenant, request.quota, request.keyspace))
+        return self._tenant_summary(request.tenant)
 
     def _delete_tenant(self, tenant: str, request: p.DeleteTenant) -> Result:
         if request.name == DEFAULT_TENANT:
             raise InvalidArgument("the default tenant cannot be deleted")
-        for keyspace in self.catalog.drop_tenant(request.name):
-            batch = self.engine.new_batch()
-            prefix = keyspace_prefix(keyspace.keyspace_id)
-            end = keyspace_prefix(keyspace.keyspace_id + 1)
-            batch.delete_range(CF.DATA, prefix, end)
-            batch.delete_range(CF.TTL, prefix, end)
-            for info in keyspace.shards:
-                self.shards.pop(info.shard_id, None)
-            self.committer.write(batch)
-        self._persist_catalog()
-        return self.committer.after_durable(True)
+        if request.name not in self.catalog.tenants:
+            raise NotFound(f"tenant {request.name!r} does not exist")
+        return self._delete_tenant_async(request.name)
+
+    async def _delete_tenant_async(self, name: str) -> bool:
+        await self._meta_propose(DeleteTenant(name))
+        return True
 
     def _list_tenants(self, tenant: str, request: p.ListTenants) -> Result:
         return [self._tenant_summary(name) for name in sorted(self.catalog.tenants)]
@@ -364,7 +718,7 @@ class Node:
         if epoch and epoch != keyspace.epoch:
             raise WrongShard(
                 f"stale shard map for keyspace {name!r}: epoch {epoch}, current {keyspace.epoch}",
-                detail=keyspace_map(keyspace, self.catalog),
+                detail=self._keyspace_map(keyspace),
             )
         return keyspace
 
@@ -372,11 +726,64 @@ class Node:
         info = keyspace.shard_for(internal_key)
         shard = self.shards.get(info.shard_id)
         if shard is None:
-            raise WrongShard(
-                f"shard {info.shard_id} is not on node {self.node_id}",
-                detail=keyspace_map(keyspace, self.catalog),
-            )
+            replicas = info.replicas or (info.node_id,)
+            detail = self._keyspace_map(keyspace)
+            if replicas[0] != self.node_id:
+                detail["leader"] = self._address_detail(replicas[0])
+            raise WrongShard(f"shard {info.shard_id} is not on node {self.node_id}", detail=detail)
         return shard
+
+    def _keyspace_map(self, keyspace: KeyspaceInfo) -> dict[str, Any]:
+        def leader_of(shard_id: int) -> int:
+            shard = self.shards.get(shard_id)
+            if shard is None:
+                return 0
+            return shard.replica.leader_id if shard.replica is not None else self.node_id
+
+        return keyspace_map(keyspace, self.catalog, self.address, leader_of)
+
+    def _readable_now(self, shard: Shard, request: p.ReadRequest) -> bool:
+        replica = shard.replica
+        if replica is None:
+            return True
+        level = request.consistency
+        if level == "strong":
+            return replica.lease_read_ok()
+        if level == "read_your_writes":
+            return replica.applied_index >= request.min_version
+        if level == "bounded":
+            return replica.lease_read_ok() or (
+                self.host.now() - replica.fresh_as_of_s <= request.max_staleness_ms / 1000
+            )
+        return True
+
+    def _fence(self, shard: Shard, request: p.ReadRequest) -> Awaitable[None] | None:
+        """None if this replica may serve `request` at its consistency level now, else
+        what to await first (or raises if it cannot)."""
+        replica = shard.replica
+        level = request.consistency
+        if replica is None:
+            if level not in p.CONSISTENCY_LEVELS:
+                raise InvalidArgument(_bad_level(level))
+            return None  # a single replica: every level is strong
+        if level == "strong":
+            self.host.catch_up_ticks()
+            if replica.lease_read_ok():
+                return None
+            return replica.strong_fence()
+        if level == "eventual":
+            return None
+        if level == "read_your_writes":
+            if replica.applied_index >= request.min_version:
+                return None
+            return replica.wait_applied(request.min_version)
+        if level == "bounded":
+            if request.max_staleness_ms <= 0:
+                raise InvalidArgument("bounded consistency needs max_staleness_ms > 0")
+            if self._readable_now(shard, request):
+                return None
+            return replica.staleness_fence(request.max_staleness_ms)
+        raise InvalidArgument(_bad_level(level))
 
     def _one_shard(self, keyspace: KeyspaceInfo, internal_keys: list[bytes]) -> Shard:
         shard = self.shard_for(keyspace, internal_keys[0])
@@ -407,11 +814,11 @@ class Node:
 
     def _shard_map(self, tenant: str, request: p.GetShardMap) -> Result:
         if request.keyspace is not None:
-            return keyspace_map(self.keyspace(tenant, request.keyspace), self.catalog)
+            return self._keyspace_map(self.keyspace(tenant, request.keyspace))
         return {
             "epoch": self.catalog.epoch,
             "keyspaces": [
-                keyspace_map(ks, self.catalog)
+                self._keyspace_map(ks)
                 for ks in self.catalog.keyspaces.values()
                 if ks.tenant == tenant
             ],
@@ -422,19 +829,37 @@ class Node:
         check_key(request.key)
         internal_key = keyspace.internal_key(request.key)
         shard = self._note_read(self.shard_for(keyspace, internal_key))
-        return shard.state.get(internal_key, self.clock_ms())
+        fence = self._fence(shard, request)
+        if fence is None:
+            return shard.state.get(internal_key, self.clock_ms())
+        return self._fenced(fence, lambda: shard.state.get(internal_key, self.clock_ms()))
+
+    async def _fenced(self, fence: Awaitable[Any], read: Callable[[], Any]) -> Any:
+        await fence
+        return read()
 
     def _multi_get(self, tenant: str, request: p.MultiGet) -> Result:
         keyspace = self.keyspace(tenant, request.keyspace, request.epoch)
         check_count(len(request.keys), "keys")
-        now_ms = self.clock_ms()
-        found: list[Stored | None] = []
+        located: list[tuple[Shard, bytes]] = []
+        fences: dict[int, Awaitable[None]] = {}
         for key in request.keys:
             check_key(key)
             internal_key = keyspace.internal_key(key)
             shard = self._note_read(self.shard_for(keyspace, internal_key))
-            found.append(shard.state.get(internal_key, now_ms))
-        return found
+            located.append((shard, internal_key))
+            if shard.shard_id not in fences:
+                fence = self._fence(shard, request)
+                if fence is not None:
+                    fences[shard.shard_id] = fence
+
+        def read() -> list[Stored | None]:
+            now_ms = self.clock_ms()
+            return [shard.state.get(key, now_ms) for shard, key in located]
+
+        if not fences:
+            return read()
+        return self._fenced(asyncio.gather(*fences.values()), read)
 
     def _propose(
         self,
@@ -574,7 +999,27 @@ class Node:
                 hi = request.cursor if hi is None else min(hi, request.cursor)
             else:
                 lo = max(lo, request.cursor)
-        return self._scan_shards(keyspace, lo, hi, request.reverse, request.limit, keep)
+        if hi is not None and lo >= hi:
+            return p.ScanPage([], None)
+        first_key = lo
+        if request.reverse and hi is not None:
+            first_key = hi
+            index = keyspace.shard_index(hi)
+            if index > 0 and hi <= keyspace.shards[index].start:
+                first_key = keyspace.shards[index - 1].start
+        elif request.reverse:
+            first_key = keyspace.shards[-1].start
+        first = self.shard_for(keyspace, first_key)
+        fence = self._fence(first, request)
+
+        def scan() -> p.ScanPage:
+            return self._scan_shards(
+                keyspace, lo, hi, request.reverse, request.limit, keep, request, first.shard_id
+            )
+
+        if fence is None:
+            return scan()
+        return self._fenced(fence, scan)
 
     def _scan_shards(
         self,
@@ -584,10 +1029,12 @@ class Node:
         reverse: bool,
         limit: int,
         keep: Callable[[bytes], bool] | None,
+        request: p.ReadRequest,
+        fenced_shard_id: int,
     ) -> p.ScanPage:
+        """Scan shard after shard; a page ends at the boundary of a shard this node cannot
+        read at the request's level right now (the client continues from the cursor)."""
         items: list[p.ScanItem] = []
-        if hi is not None and lo >= hi:
-            return p.ScanPage(items, None)
         now_ms = self.clock_ms()
         page_bytes = 0
         shards = keyspace.shards
@@ -606,8 +1053,10 @@ class Node:
             if end is not None and start >= end:
                 break
             shard = self.shards.get(info.shard_id)
-            if shard is None:
-                # Another node serves the rest: hand the client a cursor at the boundary.
+            if shard is None or (
+                info.shard_id != fenced_shard_id and not self._readable_now(shard, request)
+            ):
+                # Another node (or a fence) serves the rest: a cursor at the boundary.
                 return p.ScanPage(items, end if reverse else start)
             self._note_read(shard)
             for internal_key, stored in shard.state.scan(
@@ -629,31 +1078,47 @@ class Node:
         user_start, user_end = user_range(request.start, request.end, request.prefix)
         if request.start is None and request.end is None and request.prefix is None:
             raise InvalidArgument("delete_range needs start, end or prefix")
-        return self._delete_range_async(keyspace, user_start, user_end)
+        return self._delete_range_async(tenant, request, keyspace, user_start, user_end)
 
     async def _delete_range_async(
-        self, keyspace: KeyspaceInfo, user_start: bytes, user_end: bytes | None
+        self,
+        tenant: str,
+        request: p.DeleteRangeReq,
+        keyspace: KeyspaceInfo,
+        user_start: bytes,
+        user_end: bytes | None,
     ) -> p.DeleteRangeResult:
+        """Shard by shard, each through its own log; a shard led by another node is
+        handed to that node (`shard_id` names it), so one call spans the cluster."""
         hashed = keyspace.partitioning is Partitioning.HASH
         lo, hi = (b"", None) if hashed else (user_start, user_end)
         total = 0
         for info in list(keyspace.shards):
+            if request.shard_id and info.shard_id != request.shard_id:
+                continue
             start = max(lo, info.start)
             end = _min_end(hi, info.end)
             if end is not None and start >= end:
                 continue
-            shard = self.shard_for(keyspace, start)
             engine_end = end if end is not None else b"\xff" * (limits.KEY_BYTES_MAX + 5)
             command = (
                 DeleteRange(start, engine_end, user_start, user_end)
                 if hashed
                 else DeleteRange(start, engine_end)
             )
-            while True:
-                _, (deleted, more) = await self._propose(shard, command)
-                total += deleted
-                if not more:
-                    break
+            try:
+                shard = self.shard_for(keyspace, start)
+                while True:
+                    _, (deleted, more) = await self._propose(shard, command)
+                    total += deleted
+                    if not more:
+                        break
+            except NotLeader as error:
+                if request.shard_id or not _leader_of(error):
+                    raise
+                part = msgspec.structs.replace(request, shard_id=info.shard_id)
+                result = await self._forward(error, tenant, part)
+                total += result.deleted
         return p.DeleteRangeResult(total)
 
     def _create_keyspace(self, tenant: str, request: p.CreateKeyspace) -> Result:
@@ -682,7 +1147,10 @@ class Node:
     def status(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
+            "pid": os.getpid(),
+            "address": msgspec.to_builtins(self.address),
             "uptime_s": (self.clock_ms() - self.started_at_ms) / 1000,
+            "cluster": self.cluster_status(),
             "catalog_epoch": self.catalog.epoch,
             "engine_bytes": self.engine.approximate_bytes(),
             "writes": self.committer.written_seq,
@@ -704,6 +1172,7 @@ class Node:
                         {
                             "shard_id": info.shard_id,
                             "node_id": info.node_id,
+                            "replicas": list(info.replicas or (info.node_id,)),
                             "epoch": info.epoch,
                             "applied_index": self.shards[info.shard_id].state.applied_index
                             if info.shard_id in self.shards
@@ -715,6 +1184,34 @@ class Node:
                 for ks in self.catalog.keyspaces.values()
             ],
         }
+
+    def cluster_status(self) -> dict[str, Any]:
+        """This node's view of the cluster: members, and every Raft group it hosts."""
+        meta = self.meta
+        return {
+            "nodes": [msgspec.to_builtins(info) for info in self.catalog.nodes.values()],
+            "replication_factor": self.catalog.replication_factor,
+            "meta_leader_id": meta.leader_id if meta is not None else 0,
+            "ready": self.is_ready(),
+            "groups": [self.host.group_status(group_id) for group_id in sorted(self.host.replicas)],
+            "forwarded_requests": self.forwarded_requests,
+            "raft_passes": self.host.passes,
+            "raft_messages_sent": self.host.messages_sent,
+            "raft_messages_received": self.host.messages_received,
+            "peer_frames_dropped": self.transport.dropped_frames() if self.transport else 0,
+        }
+
+    def is_ready(self) -> bool:
+        """Serving: the node is a cluster member, the default keyspace exists and every
+        replicated shard here knows its leader."""
+        meta = self.meta
+        return (
+            meta is not None
+            and meta.leader_id != 0
+            and self.node_id in self.catalog.nodes
+            and f"{DEFAULT_TENANT}/{DEFAULT_KEYSPACE}" in self.catalog.keyspaces
+            and all(s.replica.leader_id for s in self.shards.values() if s.replica is not None)
+        )
 
     # -- TTL -----------------------------------------------------------------------------
 
@@ -737,18 +1234,55 @@ class Node:
             for raw_key, _ in self.engine.scan(CF.TTL, prefix, upto):
                 expire_at_ms, internal_key = split_ttl_key(raw_key)
                 info = keyspace.shard_for(internal_key)
-                if info.shard_id not in self.shards:
-                    continue
+                shard = self.shards.get(info.shard_id)
+                if shard is None or (shard.replica is not None and not shard.replica.is_leader()):
+                    continue  # the shard's leader purges it
                 bucket = per_shard.setdefault(info.shard_id, [])
                 if len(bucket) < limits.TTL_PURGE_KEYS_PER_PASS_MAX:
                     bucket.append((internal_key, expire_at_ms))
             for shard_id, keys in per_shard.items():
-                _, count = await self._propose(self.shards[shard_id], Purge(keys))
+                try:
+                    _, count = await self._propose(self.shards[shard_id], Purge(keys))
+                except (NotLeader, Unavailable, Timeout):
+                    continue  # leadership moved: the new leader purges
                 purged += count
         return purged
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _leader_of(error: SpindleError) -> dict[str, Any] | None:
+    """The leader's address a NotLeader error names, if any."""
+    detail = error.detail
+    if isinstance(detail, dict) and isinstance(detail.get("leader"), dict):
+        leader: dict[str, Any] = detail["leader"]
+        return leader
+    return None
+
+
+def _bad_level(level: str) -> str:
+    return f"consistency must be one of {', '.join(p.CONSISTENCY_LEVELS)}; got {level!r}"
+
+
+RESULT_TYPES: dict[type[p.Request], Any] = {
+    p.Get: Stored | None,
+    p.MultiGet: list[Stored | None],
+    p.Scan: p.ScanPage,
+    p.Put: p.PutResult,
+    p.Delete: p.DeleteResult,
+    p.Incr: p.IncrResult,
+    p.Expire: bool,
+    p.WriteBatch: p.BatchResult,
+    p.Txn: p.BatchResult,
+    p.DeleteRangeReq: p.DeleteRangeResult,
+    p.CreateTenant: p.TenantCredentials,
+    p.SetQuota: p.TenantSummary,
+    p.RotateToken: p.TenantCredentials,
+    p.DeleteTenant: bool,
+    p.CreateKeyspace: p.KeyspaceSummary,
+}
+"""What a forwarded request's result decodes to (the front ends render these types)."""
 
 
 def _put_result(index: int, previous: Any) -> p.PutResult:
@@ -811,15 +1345,35 @@ def summarize(keyspace: KeyspaceInfo) -> p.KeyspaceSummary:
     )
 
 
-def keyspace_map(keyspace: KeyspaceInfo, catalog: Catalog) -> dict[str, Any]:
-    """The routing view of one keyspace that clients cache."""
+def keyspace_map(
+    keyspace: KeyspaceInfo,
+    catalog: Catalog,
+    me: NodeInfo | None = None,
+    leader_of: Callable[[int], int] = lambda shard_id: 0,
+) -> dict[str, Any]:
+    """The routing view of one keyspace that clients cache: each shard's replicas and
+    leader (as this node knows it; 0 when unknown), and where each node listens."""
+    nodes = {str(node.node_id): [node.host, node.port] for node in catalog.nodes.values()}
+    if me is not None:
+        nodes[str(me.node_id)] = [me.host, me.port]
     return {
         "name": keyspace.name,
         "keyspace_id": keyspace.keyspace_id,
         "partitioning": keyspace.partitioning.value,
         "epoch": keyspace.epoch,
-        "shards": keyspace.shards,
-        "nodes": {str(node.node_id): [node.host, node.port] for node in catalog.nodes.values()},
+        "shards": [
+            {
+                "shard_id": info.shard_id,
+                "start": info.start,
+                "end": info.end,
+                "epoch": info.epoch,
+                "node_id": info.node_id,
+                "replicas": list(info.replicas or (info.node_id,)),
+                "leader_id": leader_of(info.shard_id),
+            }
+            for info in keyspace.shards
+        ],
+        "nodes": nodes,
     }
 
 

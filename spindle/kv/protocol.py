@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from spindle.kv.raft import Message as RaftMessage
 from spindle.kv.tenancy import Quota
 from spindle.kv.values import Stored
 
@@ -40,11 +41,32 @@ class GetShardMap(Request, tag="shard_map", kw_only=True):
     keyspace: str | None = None
 
 
-class Get(KeyspaceRequest, tag="get", kw_only=True):
+CONSISTENCY_LEVELS = ("strong", "bounded", "read_your_writes", "eventual")
+"""Read consistency, as ZippyDB offers it (docs/protocol.md):
+
+- strong: linearizable; the shard's leader under its lease, or any replica after a ReadIndex
+  round with the leader.
+- bounded: any replica whose state is provably at most `max_staleness_ms` old; else the
+  replica refuses with Unavailable and the client tries another.
+- read_your_writes: any replica that has applied `min_version` (the version of the client's
+  last write to the shard); else Unavailable after a short wait.
+- eventual: any replica, as it is.
+"""
+
+
+class ReadRequest(KeyspaceRequest, kw_only=True, omit_defaults=True):
+    consistency: str = "strong"
+    max_staleness_ms: int = 0
+    """For `bounded`: how old the replica's state may be."""
+    min_version: int = 0
+    """For `read_your_writes`: the version (log index) of the client's last write."""
+
+
+class Get(ReadRequest, tag="get", kw_only=True):
     key: bytes
 
 
-class MultiGet(KeyspaceRequest, tag="multi_get", kw_only=True):
+class MultiGet(ReadRequest, tag="multi_get", kw_only=True):
     keys: list[bytes]
 
 
@@ -108,7 +130,7 @@ class Txn(KeyspaceRequest, tag="txn", kw_only=True):
     ops: list[BatchOp]
 
 
-class Scan(KeyspaceRequest, tag="scan", kw_only=True, omit_defaults=True):
+class Scan(ReadRequest, tag="scan", kw_only=True, omit_defaults=True):
     start: bytes | None = None
     end: bytes | None = None
     prefix: bytes | None = None
@@ -121,6 +143,8 @@ class DeleteRangeReq(KeyspaceRequest, tag="delete_range", kw_only=True, omit_def
     start: bytes | None = None
     end: bytes | None = None
     prefix: bytes | None = None
+    shard_id: int = 0
+    """Only this shard (set when a node hands one shard's part to its leader); 0: all."""
 
 
 class CreateKeyspace(Request, tag="create_keyspace", kw_only=True, omit_defaults=True):
@@ -170,6 +194,43 @@ class RotateToken(Request, tag="rotate_token", kw_only=True):
     tenant: str
 
 
+# -- between nodes (after a PeerHello with the cluster secret) -----------------------------
+
+
+class PeerHello(Request, tag="peer_hello", kw_only=True):
+    """Authenticates a connection as node `node_id` of the cluster."""
+
+    node_id: int
+    secret: str
+    host: str = ""
+    port: int = 0
+    """Where the peer listens (so a node that has no catalog yet can answer it)."""
+
+
+class RaftMessages(Request, tag="raft", kw_only=True):
+    """One-way (no response): Raft messages of many groups, as (group id, message)."""
+
+    src: int
+    envelopes: list[tuple[int, RaftMessage]]
+
+
+class Forwarded(Request, tag="forwarded", kw_only=True):
+    """A client request relayed to the node that can serve it, run as `tenant`."""
+
+    tenant: str
+    body: bytes
+
+
+class Join(Request, tag="join", kw_only=True, omit_defaults=True):
+    """A new node asks the metadata leader to add it to the cluster."""
+
+    node_id: int
+    host: str
+    port: int
+    http_port: int = 0
+    resp_port: int = 0
+
+
 AnyRequest = (
     Ping
     | GetShardMap
@@ -192,6 +253,10 @@ AnyRequest = (
     | SetQuota
     | DeleteTenant
     | RotateToken
+    | PeerHello
+    | RaftMessages
+    | Forwarded
+    | Join
 )
 
 REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(AnyRequest)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 from collections.abc import Callable
+
+import msgspec
 
 from spindle.kv.node import Node
 from spindle.kv.resp import DEFAULT_RESP_PORT, RespServer
@@ -25,6 +28,28 @@ DEFAULT_PORT = 7379
 DEFAULT_HTTP_PORT = 7380
 
 
+async def _listen(server: NodeServer, resp_server: RespServer | None, node: Node) -> None:
+    await server.start()
+    if resp_server is not None:
+        await resp_server.start()
+        server.resp = resp_server
+        node.address = msgspec.structs.replace(node.address, resp_port=resp_server.port)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterOptions:
+    """How this node takes part in a cluster (the defaults: a standalone node)."""
+
+    node_id: int = 1
+    cluster_size: int = 1
+    """The cluster's intended size; its default replication factor is min(3, this)."""
+    join: tuple[str, int] | None = None
+    """Any member's binary address; None bootstraps a new cluster."""
+    secret: str | None = None
+    """Shared by the cluster's nodes to authenticate each other (random if None: then
+    no other node can talk to this one)."""
+
+
 async def serve(
     data_dir: str,
     host: str = DEFAULT_HOST,
@@ -34,21 +59,38 @@ async def serve(
     on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
     loopback_default_tenant: bool = True,
     resp_port: int | None = DEFAULT_RESP_PORT,
+    cluster: ClusterOptions | None = None,
 ) -> None:
+    cluster = cluster or ClusterOptions()
     engine = RocksEngine(data_dir)
     try:
-        node = Node(engine, host=host, port=port)
-        await node.ensure_default_keyspace()
-        credentials = save_credentials(data_dir, node.bootstrap_credentials())
-        await node.committer.drain()
+        node = Node(
+            engine,
+            node_id=cluster.node_id,
+            host=host,
+            port=port,
+            http_port=http_port or 0,
+            resp_port=resp_port or 0,
+            cluster_size=cluster.cluster_size,
+            join=cluster.join,
+            secret=cluster.secret,
+        )
         server = NodeServer(
             node, host, port, http_port, loopback_default_tenant=loopback_default_tenant
         )
-        await server.start()
         resp_server = RespServer(server, host, resp_port) if resp_port is not None else None
-        if resp_server is not None:
-            await resp_server.start()
-            server.resp = resp_server
+        standalone = cluster.join is None and cluster.cluster_size <= 1
+        if standalone:  # serve only once the default keyspace exists
+            await node.ensure_default_keyspace()
+        else:  # listen first: peers must reach a node while it starts or joins
+            await _listen(server, resp_server, node)
+        await node.start()
+        credentials: dict[str, str] = {}
+        if cluster.join is None:
+            credentials = save_credentials(data_dir, await node.bootstrap_credentials())
+        if standalone:
+            await _listen(server, resp_server, node)
+        await node.committer.drain()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +114,7 @@ def run(
     on_ready: Callable[[NodeServer, dict[str, str]], None] | None = None,
     loopback_default_tenant: bool = True,
     resp_port: int | None = DEFAULT_RESP_PORT,
+    cluster: ClusterOptions | None = None,
 ) -> None:
     import sys
 
@@ -87,6 +130,7 @@ def run(
             on_ready=on_ready,
             loopback_default_tenant=loopback_default_tenant,
             resp_port=resp_port,
+            cluster=cluster,
         )
     )
 

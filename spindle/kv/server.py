@@ -73,6 +73,8 @@ class NodeProtocol(asyncio.Protocol):
         self.node = server.node
         self.stats = server.stats
         self.tenant: str | None = None
+        self.peer_node_id = 0
+        """Set once a peer node authenticated this connection (PeerHello)."""
         """Who this connection acts as; None until it authenticates (see `auth`)."""
         self.last_active_s = time.monotonic()
         self.transport: asyncio.Transport | None = None
@@ -184,6 +186,20 @@ class NodeProtocol(asyncio.Protocol):
         if isinstance(request, p.Auth):
             self._authenticate(request)
             return
+        if isinstance(request, p.RaftMessages):
+            if self.peer_node_id:  # one-way: no reply
+                self.node.host.receive(self.peer_node_id, request.envelopes)
+            return
+        if isinstance(request, p.PeerHello):
+            if self.node.peer_hello(request):
+                self.peer_node_id = request.node_id
+                self._reply(request.id, {"node_id": self.node.node_id})
+            else:
+                self._reply_error(request.id, Unauthenticated("wrong cluster secret"))
+            return
+        if isinstance(request, p.Forwarded):
+            self._forwarded(request)
+            return
         if self.tenant is None and not isinstance(request, p.Ping):
             self._reply_error(
                 request.id,
@@ -193,6 +209,30 @@ class NodeProtocol(asyncio.Protocol):
         self._inflight += 1
         self._queued += 1
         self.server.dispatcher.submit(self.tenant or DEFAULT_TENANT, self, request)
+
+    def _forwarded(self, request: p.Forwarded) -> None:
+        """A peer relays a client's request: run it as that tenant, outside the fair
+        queue (the first node already admitted it), and never forward it again."""
+        if not self.peer_node_id:
+            self._reply_error(request.id, Unauthenticated("forwarding is for cluster peers"))
+            return
+        try:
+            inner = _request_decoder.decode(request.body)
+            result = self.node.execute(request.tenant, inner, forwarded=True)
+        except SpindleError as error:
+            self._reply_error(request.id, error)
+            return
+        except Exception as error:
+            self._reply_bad_request(request.body, error)
+            return
+        if isinstance(result, Coroutine):
+            result = asyncio.ensure_future(result)
+        if isinstance(result, asyncio.Future):
+            self._inflight += 1
+            request_id = request.id
+            result.add_done_callback(lambda done: self._completed(request_id, done))
+        else:
+            self._reply(request.id, result)
 
     def _authenticate(self, request: p.Auth) -> None:
         if self.node.authenticate(request.tenant, request.token):
@@ -444,7 +484,7 @@ class NodeServer:
                 self._serve_http, self.host, self.http_port, reuse_address=True
             )
             self.http_port = self._http.sockets[0].getsockname()[1]
-        self.node.set_address(self.host, self.port)
+        self.node.set_address(self.host, self.port, self.http_port)
         self._purger = asyncio.create_task(self._purge_loop())
         self._sweeper = asyncio.create_task(self._sweep_idle())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
+from collections.abc import Callable
 from enum import StrEnum
 
 import msgspec
@@ -42,6 +43,9 @@ class ShardInfo(msgspec.Struct, frozen=True):
     epoch: int
     """Bumps whenever this shard's range or placement changes."""
     node_id: int
+    """The preferred leader (the first replica)."""
+    replicas: tuple[int, ...] = ()
+    """Nodes holding a replica; the shard is a Raft group over them (one: a local log)."""
 
     def contains(self, internal_key: bytes) -> bool:
         return internal_key >= self.start and (self.end is None or internal_key < self.end)
@@ -88,6 +92,8 @@ class NodeInfo(msgspec.Struct, frozen=True):
     node_id: int
     host: str
     port: int
+    http_port: int = 0
+    resp_port: int = 0
 
 
 class TenantInfo(msgspec.Struct):
@@ -109,6 +115,8 @@ class Catalog(msgspec.Struct):
     """Keyed by qualified name, `tenant/name`."""
     nodes: dict[int, NodeInfo] = {}
     admin_token_hash: str = ""
+    replication_factor: int = 1
+    """Replicas per shard of a keyspace created without one (set when the cluster starts)."""
 
     def keyspace(self, tenant: str, name: str) -> KeyspaceInfo:
         found = self.keyspaces.get(qualified(tenant, name))
@@ -146,8 +154,9 @@ class Catalog(msgspec.Struct):
         shards: int,
         partitioning: Partitioning,
         split_points: list[bytes] | None,
-        node_id: int,
+        place: Callable[[int], tuple[int, ...]],
     ) -> KeyspaceInfo:
+        """`place(i)` gives the replicas of the i-th shard (the first is preferred leader)."""
         check_name("keyspace", name)
         if tenant not in self.tenants:
             raise NotFound(f"tenant {tenant!r} does not exist")
@@ -165,8 +174,11 @@ class Catalog(msgspec.Struct):
         starts = [b"", *points]
         ends: list[bytes | None] = [*points, None]
         infos = []
-        for start, end in zip(starts, ends, strict=True):
-            infos.append(ShardInfo(self.next_shard_id, start, end, self.epoch, node_id))
+        for shard_index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            replicas = place(shard_index)
+            infos.append(
+                ShardInfo(self.next_shard_id, start, end, self.epoch, replicas[0], replicas)
+            )
             self.next_shard_id += 1
         keyspace = KeyspaceInfo(
             tenant, name, self.next_keyspace_id, partitioning, self.epoch, infos

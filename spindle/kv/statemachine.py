@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from spindle.kv import limits
 from spindle.kv.commands import (
     Batch,
@@ -38,6 +40,18 @@ INT64_MAX = (1 << 63) - 1
 OpResult = bool | int | Stored | None
 """Per-op result of a Batch: existed (put, delete, expire), the new value (incr), or with
 `return_previous` the previous value (None if absent)."""
+
+
+_image_encoder = msgspec.msgpack.Encoder()
+_image_decoder = msgspec.msgpack.Decoder(tuple[int, int, list[tuple[bytes, bytes]], list[bytes]])
+
+
+def keyspace_end_key(prefix: bytes) -> bytes:
+    return (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix), "big")
+
+
+def _in_range(internal_key: bytes, start: bytes, end: bytes | None) -> bool:
+    return internal_key >= start and (end is None or internal_key < end)
 
 
 class ShardState:
@@ -136,6 +150,45 @@ class ShardState:
         self.last_write_seq = self._write(batch)
         self.applied_index = index
         return result
+
+    def skip(self, index: int) -> None:
+        """Consume log index `index` without a command (a leader's first entry, a
+        membership change)."""
+        assert index == self.applied_index + 1, (self.shard_id, index, self.applied_index)
+        batch = self.engine.new_batch()
+        batch.put(CF.META, self._applied_key, encode_u64(index) + encode_u64(self.stored_bytes))
+        self.last_write_seq = self._write(batch)
+        self.applied_index = index
+
+    def image(self, start: bytes, end: bytes | None) -> bytes:
+        """Every record of the internal-key range [start, end) with its expiry index, for a
+        follower that needs a snapshot. Held in memory: bounded by the shard's size."""
+        data_end = self.prefix + end if end is not None else keyspace_end_key(self.prefix)
+        records = list(self.engine.scan(CF.DATA, self.prefix + start, data_end))
+        ttl = [
+            key
+            for key, _ in self.engine.scan(CF.TTL, self.prefix, keyspace_end_key(self.prefix))
+            if _in_range(key[12:], start, end)
+        ]
+        return _image_encoder.encode((self.applied_index, self.stored_bytes, records, ttl))
+
+    def restore(self, index: int, data: bytes, start: bytes, end: bytes | None) -> None:
+        """Replace the range's records with a snapshot image taken at `index`."""
+        _, stored_bytes, records, ttl = _image_decoder.decode(data)
+        batch = self.engine.new_batch()
+        data_end = self.prefix + end if end is not None else keyspace_end_key(self.prefix)
+        batch.delete_range(CF.DATA, self.prefix + start, data_end)
+        for key, _ in self.engine.scan(CF.TTL, self.prefix, keyspace_end_key(self.prefix)):
+            if _in_range(key[12:], start, end):
+                batch.delete(CF.TTL, key)
+        for key, value in records:
+            batch.put(CF.DATA, key, value)
+        for key in ttl:
+            batch.put(CF.TTL, key, b"")
+        batch.put(CF.META, self._applied_key, encode_u64(index) + encode_u64(stored_bytes))
+        self.last_write_seq = self._write(batch)
+        self.applied_index = index
+        self.stored_bytes = stored_bytes
 
     def _apply_batch(
         self, batch: WriteBatch, index: int, now_ms: int, command: Batch

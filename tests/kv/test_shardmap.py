@@ -16,7 +16,12 @@ def catalog_with(
     catalog = Catalog()
     catalog.add_tenant("t")
     ks = catalog.create_keyspace(
-        "t", "ks", shards=shards, partitioning=partitioning, split_points=points, node_id=1
+        "t",
+        "ks",
+        shards=shards,
+        partitioning=partitioning,
+        split_points=points,
+        place=lambda i: (1,),
     )
     return catalog, ks
 
@@ -62,7 +67,12 @@ def test_explicit_split_points_and_epochs() -> None:
     assert ks.shard_for(b"").start == b""
     epoch = catalog.epoch
     other = catalog.create_keyspace(
-        "t", "other", shards=2, partitioning=Partitioning.HASH, split_points=None, node_id=1
+        "t",
+        "other",
+        shards=2,
+        partitioning=Partitioning.HASH,
+        split_points=None,
+        place=lambda i: (1,),
     )
     assert catalog.epoch == epoch + 1 and other.epoch == catalog.epoch
     assert other.keyspace_id != ks.keyspace_id
@@ -89,11 +99,21 @@ def test_catalog_rules() -> None:
         catalog.add_tenant("t")
     with pytest.raises(AlreadyExists):
         catalog.create_keyspace(
-            "t", "ks", shards=1, partitioning=Partitioning.HASH, split_points=None, node_id=1
+            "t",
+            "ks",
+            shards=1,
+            partitioning=Partitioning.HASH,
+            split_points=None,
+            place=lambda i: (1,),
         )
     with pytest.raises(NotFound):
         catalog.create_keyspace(
-            "nobody", "ks", shards=1, partitioning=Partitioning.HASH, split_points=None, node_id=1
+            "nobody",
+            "ks",
+            shards=1,
+            partitioning=Partitioning.HASH,
+            split_points=None,
+            place=lambda i: (1,),
         )
     with pytest.raises(NotFound):
         catalog.keyspace("t", "missing")

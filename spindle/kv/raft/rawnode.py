@@ -209,3 +209,7 @@ class RawNode:
 
     def status(self) -> Status:
         return self._raft.status()
+
+    def committed_index(self) -> int:
+        """The highest index known committed (a lease read may serve once it is applied)."""
+        return self._raft.log.committed

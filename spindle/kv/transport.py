@@ -1,0 +1,217 @@
+"""Node-to-node connections: one outbound connection per peer carries every group's Raft
+messages, and requests a node forwards to a shard's leader.
+
+Raft frames are one-way (`RaftMessages`, no reply) on the peer's binary port after a
+`PeerHello` with the cluster secret. The queue to a peer is bounded; when a peer is slow
+or down the oldest frames are dropped, which Raft tolerates (it retransmits), and the
+host is told the peer is unreachable so leaders probe instead of streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from spindle.kv import protocol as p
+from spindle.kv.client import _Connection
+from spindle.kv.errors import SpindleError, Unavailable, error_from_code
+from spindle.kv.multiraft import Envelope
+
+log = logging.getLogger("spindle.transport")
+
+PEER_QUEUE_FRAMES_MAX = 256
+"""Frames waiting for one peer; beyond it the oldest is dropped (Raft resends)."""
+PEER_CONNECT_TIMEOUT_S = 1.0
+PEER_BACKOFF_S_MIN = 0.05
+PEER_BACKOFF_S_MAX = 1.0
+"""Reconnection backoff to a peer that is down: doubles from the min up to the max."""
+FORWARD_TIMEOUT_S = 15.0
+"""How long a forwarded request may take at the leader (above PROPOSAL_TIMEOUT_S)."""
+
+_encoder = msgspec.msgpack.Encoder()
+
+AddressOf = Callable[[int], tuple[str, int] | None]
+
+
+class Transport(Protocol):
+    """What a node needs from the network between nodes (the simulator has its own)."""
+
+    def send(self, node_id: int, envelopes: list[Envelope]) -> None:
+        """Hand one pass's Raft messages for `node_id` over; never blocks, may drop."""
+        ...
+
+    async def forward(
+        self, address: tuple[str, int], tenant: str, request: p.Request, result_type: Any
+    ) -> Any:
+        """Run `request` as `tenant` on the node at `address` (never forwarded again)."""
+        ...
+
+    def dropped_frames(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class _Peer:
+    def __init__(self, transport: PeerTransport, node_id: int) -> None:
+        self.transport = transport
+        self.node_id = node_id
+        self.queue: deque[bytes] = deque()
+        self.dropped_frames = 0
+        self.event = asyncio.Event()
+        self.task = asyncio.ensure_future(self._run())
+
+    def push(self, frame: bytes) -> None:
+        if len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
+            self.queue.popleft()
+            self.dropped_frames += 1
+        self.queue.append(frame)
+        self.event.set()
+
+    async def _run(self) -> None:
+        transport = self.transport
+        backoff_s = PEER_BACKOFF_S_MIN
+        while not transport.closed:
+            address = transport.address_of(self.node_id)
+            writer: asyncio.StreamWriter | None = None
+            try:
+                if address is None:
+                    raise OSError(f"no address known for node {self.node_id}")
+                reader, opened = await asyncio.wait_for(
+                    asyncio.open_connection(*address), PEER_CONNECT_TIMEOUT_S
+                )
+                writer = opened
+                opened.write(p.frame(transport.hello()))
+                drain = asyncio.ensure_future(_discard(reader))
+                backoff_s = PEER_BACKOFF_S_MIN
+                try:
+                    while not transport.closed and not drain.done():
+                        if not self.queue:
+                            self.event.clear()
+                            waiter = asyncio.ensure_future(self.event.wait())
+                            await asyncio.wait({waiter, drain}, return_when=asyncio.FIRST_COMPLETED)
+                            waiter.cancel()
+                            continue
+                        frames = list(self.queue)
+                        self.queue.clear()
+                        opened.write(b"".join(frames))
+                        await opened.drain()
+                finally:
+                    drain.cancel()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, ConnectionError) as error:
+                log.debug("peer %d: %s", self.node_id, error)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if transport.closed:
+                return
+            self.dropped_frames += len(self.queue)
+            self.queue.clear()
+            transport.on_unreachable(self.node_id)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, PEER_BACKOFF_S_MAX)
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read (and ignore) what the peer sends back: the hello's answer. Ends at EOF."""
+    while await reader.read(65536):
+        pass
+
+
+class PeerTransport:
+    """Outbound side: Raft frames to peers, and forwarded requests."""
+
+    def __init__(
+        self,
+        node_id: int,
+        secret: str,
+        address_of: AddressOf,
+        listen: Callable[[], tuple[str, int]],
+        on_unreachable: Callable[[int], None] = lambda node_id: None,
+    ) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self.listen = listen
+        self.address_of = address_of
+        self.on_unreachable = on_unreachable
+        self.closed = False
+        self._peers: dict[int, _Peer] = {}
+        self._forward_connections: dict[tuple[str, int], _Connection] = {}
+
+    def hello(self) -> bytes:
+        return _encoder.encode(self._hello())
+
+    def _hello(self) -> p.PeerHello:
+        host, port = self.listen()
+        return p.PeerHello(id=0, node_id=self.node_id, secret=self.secret, host=host, port=port)
+
+    def send(self, node_id: int, envelopes: list[Envelope]) -> None:
+        if self.closed:
+            return
+        peer = self._peers.get(node_id)
+        if peer is None:
+            peer = self._peers[node_id] = _Peer(self, node_id)
+        body = _encoder.encode(p.RaftMessages(id=0, src=self.node_id, envelopes=envelopes))
+        peer.push(p.frame(body))
+
+    def dropped_frames(self) -> int:
+        return sum(peer.dropped_frames for peer in self._peers.values())
+
+    async def _forward_connection(self, address: tuple[str, int]) -> _Connection:
+        connection = self._forward_connections.get(address)
+        if connection is not None and not connection.closed.is_set():
+            return connection
+        loop = asyncio.get_running_loop()
+        try:
+            _, opened = await asyncio.wait_for(
+                loop.create_connection(_Connection, *address), PEER_CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError) as error:
+            raise Unavailable(f"cannot reach {address[0]}:{address[1]}: {error}") from None
+        hello = await opened.send(self._hello())
+        if hello.error is not None:
+            raise error_from_code(hello.error.code, hello.error.message, hello.error.detail)
+        self._forward_connections[address] = opened
+        return opened
+
+    async def forward(
+        self, address: tuple[str, int], tenant: str, request: p.Request, result_type: Any
+    ) -> Any:
+        """Run `request` as `tenant` on the node at `address`; its result, decoded, or
+        its error raised (a forwarded request is never forwarded again)."""
+        connection = await self._forward_connection(address)
+        body = _encoder.encode(request)
+        async with connection.slots:
+            future = connection.send(p.Forwarded(id=0, tenant=tenant, body=body))
+            try:
+                response = await asyncio.wait_for(future, FORWARD_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable(
+                    f"forwarded request got no answer from {address[0]}:{address[1]}"
+                ) from None
+        if response.error is not None:
+            raise error_from_code(
+                response.error.code, response.error.message, response.error.detail
+            )
+        try:
+            return msgspec.msgpack.decode(response.result, type=result_type)
+        except msgspec.DecodeError as error:
+            raise SpindleError(f"bad forwarded result: {error}") from None
+
+    async def close(self) -> None:
+        self.closed = True
+        for peer in self._peers.values():
+            peer.task.cancel()
+        for peer in self._peers.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(peer.task, 2.0)
+        for connection in self._forward_connections.values():
+            if connection.transport is not None:
+                connection.transport.close()
