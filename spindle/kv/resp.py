@@ -80,8 +80,11 @@ FLUSH_BYTES = 256 * 1024
 """Replies gathered before a socket write within one batch of commands."""
 REDIS_VERSION = "7.2.0"
 """The Redis version Spindle reports (HELLO, INFO): the command set it follows."""
-CONSISTENCY_LEVELS = ("strong",)
-"""Levels `SPINDLE.CONSISTENCY` accepts; reads are linearizable on the shard leader."""
+CONSISTENCY_LEVELS = p.CONSISTENCY_LEVELS
+"""Levels `SPINDLE.CONSISTENCY <level> [max-staleness-ms]` accepts (docs/protocol.md);
+a connection starts at strong, as Redis users expect."""
+DEFAULT_MAX_STALENESS_MS = 1000
+"""The bound `SPINDLE.CONSISTENCY bounded` uses when none is given."""
 
 Done = Callable[[Any, SpindleError | None], None]
 """Continuation of one node request: (result, None) or (None, error)."""
@@ -176,6 +179,10 @@ class RespConnection(asyncio.Protocol):
         """Who this connection acts as; None until it authenticates."""
         self.keyspace = DEFAULT_KEYSPACE
         self.consistency = CONSISTENCY_LEVELS[0]
+        self.max_staleness_ms = DEFAULT_MAX_STALENESS_MS
+        self._written: dict[tuple[str, int], int] = {}
+        """(keyspace, shard id) -> version of this connection's latest write there, for
+        read-your-writes."""
         self.resp3 = False
         self.name = b""
         self.lib_name = b""
@@ -393,11 +400,44 @@ class RespConnection(asyncio.Protocol):
         """Submit one request for this connection's tenant; `done` gets its outcome."""
         tenant = self.tenant
         assert tenant is not None, "commands that reach the node need a tenant"
+        if isinstance(request, p.ReadRequest):
+            request.consistency = self.consistency
+            if self.consistency == "bounded":
+                request.max_staleness_ms = self.max_staleness_ms
+            elif self.consistency == "read_your_writes":
+                shard_id = self._shard_of(request)
+                request.min_version = self._written.get((request.keyspace, shard_id), 0)
+        elif isinstance(request, p.KeyspaceRequest) and self.consistency == "read_your_writes":
+            done = self._noting_version(request, done)
         self._next_request_id += 1
         request.id = self._next_request_id
         self._calls[request.id] = (tenant, done)
         self._inflight += 1
         self.node_server.dispatcher.submit(tenant, self, request)
+
+    def _shard_of(self, request: p.KeyspaceRequest) -> int:
+        """The shard of the request's (first) key; 0 if it has none or is unroutable."""
+        key = getattr(request, "key", None)
+        if key is None:
+            keys = getattr(request, "keys", None) or [op.key for op in getattr(request, "ops", [])]
+            key = keys[0] if keys else None
+        if key is None or self.tenant is None:
+            return 0
+        keyspace = self.node.catalog.keyspaces.get(f"{self.tenant}/{request.keyspace}")
+        if keyspace is None:
+            return 0
+        return keyspace.shard_for(keyspace.internal_key(key)).shard_id
+
+    def _noting_version(self, request: p.KeyspaceRequest, done: Done) -> Done:
+        key = (request.keyspace, self._shard_of(request))
+
+        def noted(result: Any, failure: SpindleError | None) -> None:
+            version = getattr(result, "version", None)
+            if isinstance(version, int) and version > self._written.get(key, 0):
+                self._written[key] = version
+            done(result, failure)
+
+        return noted
 
     def execute(self, request: p.Request) -> None:
         """Run one request the dispatcher picked. While the client is not draining its
@@ -563,6 +603,8 @@ class RespConnection(asyncio.Protocol):
         self.name = b""
         self.keyspace = DEFAULT_KEYSPACE
         self.consistency = CONSISTENCY_LEVELS[0]
+        self.max_staleness_ms = DEFAULT_MAX_STALENESS_MS
+        self._written.clear()
         peer = self.transport.get_extra_info("peername") if self.transport else None
         self.tenant = self.node_server.default_tenant_for(peer)
         self._answer(slot, b"+RESET\r\n")
@@ -607,13 +649,24 @@ class RespConnection(asyncio.Protocol):
             self._answer(slot, bulk(self.consistency.encode()))
             return
         level = args[1].decode(errors="replace").lower()
-        if level not in CONSISTENCY_LEVELS:
+        if level not in CONSISTENCY_LEVELS or len(args) > 3:
             supported = ", ".join(CONSISTENCY_LEVELS)
             self._answer(
-                slot, error(f"ERR unsupported consistency level '{level}'; supported: {supported}")
+                slot,
+                error(
+                    f"ERR unsupported consistency level '{level}'; supported: {supported} "
+                    "(bounded takes a max staleness in ms)"
+                ),
             )
             return
+        staleness_ms = DEFAULT_MAX_STALENESS_MS
+        if len(args) == 3:
+            if level != "bounded" or not args[2].isdigit() or int(args[2]) <= 0:
+                self._answer(slot, error("ERR only bounded takes a max staleness (ms > 0)"))
+                return
+            staleness_ms = int(args[2])
         self.consistency = level
+        self.max_staleness_ms = staleness_ms
         self._answer(slot, OK)
 
     def _client(self, args: list[bytes], slot: _Slot) -> None:
@@ -1469,7 +1522,8 @@ COMMAND_LIST: tuple[CommandSpec, ...] = (
     _spec("keyspace", C._keyspace, -1, "fast", NO_KEYS, "connection",
           "KEYSPACE [name]: shows or chooses the keyspace."),
     _spec("spindle.consistency", C._consistency, -1, "fast", NO_KEYS, "connection",
-          "Shows or sets the read consistency level ('strong')."),
+          "Shows or sets the read consistency level: strong, bounded [ms], "
+          "read_your_writes, eventual."),
     _spec("client", C._client, -2, "fast", NO_KEYS, "connection",
           "SETNAME, GETNAME, ID, INFO, LIST, SETINFO."),
     _spec("command", C._command_info, -1, "", NO_KEYS, "server",

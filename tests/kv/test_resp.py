@@ -371,8 +371,13 @@ def test_connection_commands(r: redis.Redis, resp: RespServer) -> None:
     }
     assert r.execute_command("SPINDLE.CONSISTENCY") == b"strong"
     assert r.execute_command("SPINDLE.CONSISTENCY", "strong") in (b"OK", True, "OK")
-    with pytest.raises(redis.ResponseError, match="unsupported consistency level 'eventual'"):
-        r.execute_command("SPINDLE.CONSISTENCY", "eventual")
+    assert r.execute_command("SPINDLE.CONSISTENCY", "bounded", "250") in (b"OK", True, "OK")
+    assert r.execute_command("SPINDLE.CONSISTENCY") == b"bounded"
+    assert r.execute_command("SPINDLE.CONSISTENCY", "eventual") in (b"OK", True, "OK")
+    with pytest.raises(redis.ResponseError, match="unsupported consistency level 'sometimes'"):
+        r.execute_command("SPINDLE.CONSISTENCY", "sometimes")
+    with pytest.raises(redis.ResponseError, match="only bounded takes a max staleness"):
+        r.execute_command("SPINDLE.CONSISTENCY", "strong", "5")
     assert len(r.time()) == 2
 
 
