@@ -429,12 +429,46 @@ def status(
     addr: AddrOpt = "127.0.0.1:7379",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show a node's state: keyspaces, shards, counters."""
-    with _client(addr) as kv:
-        info = _guard(kv.status)
+    """Show the cluster (nodes, health, shard leaders, replica lag) and the node's state:
+    keyspaces, tenants, counters. --json gives the same for scripts."""
+    import asyncio
+
+    from spindle.kv.clusterstatus import cluster_view
+
+    view = _guard(lambda: asyncio.run(cluster_view(addr)))
+    info = view["node_status"][str(_seed_node_id(view))]
     if as_json:
-        print(json.dumps(msgspec.to_builtins(info), indent=2))
+        print(json.dumps(msgspec.to_builtins(view), indent=2))
         return
+    nodes = Table("node", "address", "http", "resp", "pid", "health", "ready", "uptime")
+    for node in view["nodes"]:
+        nodes.add_row(
+            str(node["node_id"]),
+            f"{node['host']}:{node['port']}",
+            str(node.get("http_port") or "-"),
+            str(node.get("resp_port") or "-"),
+            str(node["pid"] or "-"),
+            "[green]up[/green]" if node["health"] == "up" else "[red]down[/red]",
+            "yes" if node["ready"] else "no",
+            f"{node['uptime_s']:.0f}s" if node["uptime_s"] is not None else "-",
+        )
+    console.print(nodes)
+    shards = Table("shard", "keyspace", "leader", "term", "replicas (applied, lag)", "max lag")
+    for shard in view["shards"]:
+        replicas = "  ".join(
+            f"n{node_id}{'*' if r['role'] == 'leader' else ''}:{r['applied']}/{r['lag']}"
+            for node_id, r in sorted(shard["replicas"].items())
+        )
+        shards.add_row(
+            str(shard["group_id"]),
+            shard["keyspace"],
+            f"n{shard['leader_id']}" if shard["leader_id"] else "[red]none[/red]",
+            str(shard["term"]),
+            replicas,
+            str(shard["max_lag"]),
+        )
+    if view["shards"]:
+        console.print(shards)
     console.print(
         f"node {info['node_id']}  up {info['uptime_s']:.0f}s  "
         f"catalog epoch {info['catalog_epoch']}  engine ~{info['engine_bytes']} bytes  "
@@ -467,6 +501,17 @@ def status(
     for name, usage in info.get("tenants", {}).items():
         tenants.add_row(name, *(str(usage[column]) for column in columns))
     console.print(tenants)
+
+
+def _seed_node_id(view: dict[str, Any]) -> int:
+    """The id of the node the view was asked from (its own status is in the view)."""
+    for node_id, status in view["node_status"].items():
+        if (
+            isinstance(status, dict)
+            and f"{status['address']['host']}:{status['address']['port']}" == view["queried"]
+        ):
+            return int(node_id)
+    return int(next(k for k, v in view["node_status"].items() if isinstance(v, dict)))
 
 
 @app.command(

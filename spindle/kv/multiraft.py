@@ -1,10 +1,10 @@
 """Multi-Raft: every Raft group a node hosts, driven by one Ready loop.
 
-One pass of the loop gathers the Ready of every group with work, stages all their log
-entries and hard states into one engine write batch, syncs once (in the fsync thread, via
-the node's group committer), then sends every group's messages — one frame per peer node,
-so the heartbeats of all groups to a peer travel together — then applies committed entries
-and advances. Inputs (proposals, messages, ticks) that arrive while a pass waits on its
+One pass of the loop gathers the Ready of every group with work, sends leaders' appends
+and heartbeats at once (one frame per peer node, so the heartbeats of all groups to a peer
+travel together), stages all log entries and hard states into one engine write batch,
+syncs once (in the fsync thread, via the node's group committer), then sends the rest
+(votes, acknowledgements), applies committed entries and advances. Inputs (proposals, messages, ticks) that arrive while a pass waits on its
 fsync wait for the next pass: that is the group commit. Ticks come from a monotonic clock;
 missed ticks (a stalled loop, a stopped process) are delivered before any lease read.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from spindle.kv.errors import NotLeader, Unavailable
 from spindle.kv.groupcommit import GroupCommitter
-from spindle.kv.raft import NONE, Config, ConfState, Message, RawNode, Ready, Role
+from spindle.kv.raft import NONE, Config, ConfState, Message, MessageType, RawNode, Ready, Role
 from spindle.kv.raftstorage import RaftStorage
 from spindle.kv.replica import Applier, Replica
 
@@ -33,6 +33,9 @@ HEARTBEAT_TICKS = 1
 """A leader heartbeats every tick (100 ms)."""
 READIES_PER_PASS_MAX = 1024
 """Groups handled in one pass of the Ready loop (the rest wait for the next pass)."""
+
+_LEADER_SENDS = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+"""Messages only a leader sends, which may go out before its Ready is persisted."""
 
 Envelope = tuple[int, Message]
 """(group id, message): what one frame to a peer carries many of."""
@@ -260,15 +263,28 @@ class RaftHost:
             self.committer.write(batch)
         return must_sync
 
-    def send_and_apply(self, readies: list[tuple[Replica, Ready]]) -> None:
-        """After persistence: one frame per peer, then apply and advance every group."""
+    def send_early(self, readies: list[tuple[Replica, Ready]]) -> None:
+        """Before persistence: a leader's appends and heartbeats (Raft thesis 10.2.1: the
+        leader writes its log in parallel with replicating it). Safe because the leader's
+        own copy counts towards a commit only in memory: entries are applied, and a
+        commit index that covers them is sent, only in a later pass, after this pass's
+        fsync. Votes and acknowledgements always wait for the fsync."""
+        self._send(readies, early=True)
+
+    def _send(self, readies: list[tuple[Replica, Ready]], *, early: bool) -> None:
         outbox: dict[int, list[Envelope]] = {}
         for replica, ready in readies:
             for message in ready.messages:
-                outbox.setdefault(message.dst, []).append((replica.group_id, message))
+                if (message.type in _LEADER_SENDS) is early:
+                    outbox.setdefault(message.dst, []).append((replica.group_id, message))
         for node_id, envelopes in outbox.items():
             self.messages_sent += len(envelopes)
             self.send(node_id, envelopes)
+
+    def send_and_apply(self, readies: list[tuple[Replica, Ready]]) -> None:
+        """After persistence: the other messages (one frame per peer), then apply and
+        advance every group."""
+        self._send(readies, early=False)
         for replica, ready in readies:
             if self.replicas.get(replica.group_id) is not replica:
                 continue  # removed while its Ready was being persisted
@@ -281,6 +297,7 @@ class RaftHost:
         if not readies:
             return
         self.passes += 1
+        self.send_early(readies)
         if self.persist(readies):
             await self.committer.after_durable(None)
         self.send_and_apply(readies)
