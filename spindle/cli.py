@@ -174,13 +174,15 @@ def up(
     worker_app: Annotated[
         str | None, typer.Option(help="module:attribute of a functions Registry to run.")
     ] = None,
+    nodes: Annotated[int, typer.Option(help="Storage nodes in the local cluster.")] = 3,
 ) -> None:
-    """Start the local system in the foreground: a storage node and a function worker
-    (what `make run` runs). Ctrl-C stops everything cleanly."""
+    """Start the local system in the foreground: a 3-node storage cluster (node i on
+    port + 10(i-1), RESP port + (i-1)) and a function worker (what `make run` runs).
+    Ctrl-C stops everything cleanly."""
     from spindle.up import UpConfig
     from spindle.up import up as run_up
 
-    config = UpConfig(data_dir, host, port, http_port, resp_port, worker_slots, worker_app)
+    config = UpConfig(data_dir, host, port, http_port, resp_port, worker_slots, worker_app, nodes)
     raise typer.Exit(run_up(config))
 
 

@@ -1,9 +1,11 @@
-"""`spindle up` (what `make run` runs): node and function worker start, serve, and stop
-cleanly together; a child that dies takes the whole system down with a failing status."""
+"""`spindle up` (what `make run` runs): a 3-node cluster and a function worker start,
+serve, and stop cleanly together; a child that dies takes the whole system down with a
+failing status."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,11 +15,30 @@ import time
 from pathlib import Path
 
 from spindle.kv.client import Client
-from tests.conftest import free_port
+
+
+def free_base_ports() -> tuple[int, int, int]:
+    """Base ports whose derived node ports (+10, +20; RESP +1, +2) are all free."""
+    rng = random.Random()
+    while True:
+        port, http_port, resp_port = (rng.randrange(20_000, 60_000) for _ in range(3))
+        wanted = [port + 10 * i for i in range(3)] + [http_port + 10 * i for i in range(3)]
+        wanted += [resp_port + i for i in range(3)]
+        if len(set(wanted)) == len(wanted) and all(_is_free(p) for p in wanted):
+            return port, http_port, resp_port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    port, http_port, resp_port = free_base_ports()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -29,9 +50,9 @@ def start_up(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
             "--port",
             str(port),
             "--http-port",
-            str(free_port()),
+            str(http_port),
             "--resp-port",
-            str(free_port()),
+            str(resp_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -82,12 +103,13 @@ def test_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     process, port = start_up(tmp_path)
     output_lines = Output(process)
     try:
+        output_lines.wait_for(" ready", timeout_s=90)  # the cluster and the worker serve
         with Client(f"127.0.0.1:{port}") as kv:
             kv.put(b"k", b"v")
+        with Client(f"127.0.0.1:{port + 20}") as kv:  # node 3 holds a replica too
             assert kv.get(b"k") == b"v"
-        output_lines.wait_for(" ready")  # the worker is serving, its signal handlers set
         children = child_pids(process.pid)
-        assert len(children) == 2, "a node and a function worker"
+        assert len(children) == 4, "three nodes and a function worker"
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
         output = output_lines.text()
@@ -107,8 +129,8 @@ def test_up_fails_when_a_child_dies(tmp_path: Path) -> None:
     process, _ = start_up(tmp_path)
     output_lines = Output(process)
     try:
-        output_lines.wait_for(" ready")
-        node = min(child_pids(process.pid))  # the node starts first
+        output_lines.wait_for(" ready", timeout_s=90)
+        node = min(child_pids(process.pid))  # node 1 starts first
         os.kill(node, signal.SIGKILL)
         assert process.wait(60) == 1
         assert "exited" in output_lines.text()
