@@ -438,9 +438,10 @@ def status(
     from spindle.kv.clusterstatus import cluster_view
 
     view = _guard(lambda: asyncio.run(cluster_view(addr)))
-    info = view["node_status"][str(_seed_node_id(view))]
-    if as_json:
-        print(json.dumps(msgspec.to_builtins(view), indent=2))
+    info = view["node_status"][str(view["seed_node_id"])]
+    if as_json:  # the queried node's own status, plus the cluster's nodes and shards
+        shown = {**info, "nodes": view["nodes"], "shards": view["shards"]}
+        print(json.dumps(msgspec.to_builtins(shown), indent=2))
         return
     nodes = Table("node", "address", "http", "resp", "pid", "health", "ready", "uptime")
     for node in view["nodes"]:
@@ -503,17 +504,6 @@ def status(
     for name, usage in info.get("tenants", {}).items():
         tenants.add_row(name, *(str(usage[column]) for column in columns))
     console.print(tenants)
-
-
-def _seed_node_id(view: dict[str, Any]) -> int:
-    """The id of the node the view was asked from (its own status is in the view)."""
-    for node_id, status in view["node_status"].items():
-        if (
-            isinstance(status, dict)
-            and f"{status['address']['host']}:{status['address']['port']}" == view["queried"]
-        ):
-            return int(node_id)
-    return int(next(k for k, v in view["node_status"].items() if isinstance(v, dict)))
 
 
 @app.command(

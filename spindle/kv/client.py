@@ -94,6 +94,17 @@ class _KeyspaceMap(msgspec.Struct):
     def shard_of(self, internal_key: bytes) -> int:
         return self.shard(internal_key).shard_id
 
+    def skip(self, internal_key: bytes, unreachable: tuple[str, int]) -> None:
+        """The node at `unreachable` did not answer: aim the shard at its next replica."""
+        shard = self.shard(internal_key)
+        replicas = shard.replicas or [shard.node_id]
+        current = next(
+            (r for r in replicas if tuple(self.nodes.get(str(r), ())) == tuple(unreachable)),
+            shard.leader_id or shard.node_id,
+        )
+        position = replicas.index(current) if current in replicas else -1
+        shard.leader_id = replicas[(position + 1) % len(replicas)]
+
 
 class _Connection(asyncio.Protocol):
     """One multiplexed connection: requests carry ids, responses may come in any order."""
@@ -165,6 +176,10 @@ class _Connection(asyncio.Protocol):
 
     def forget(self, request_id: int) -> None:
         self.pending.pop(request_id, None)
+
+
+class NotSent(Unavailable):
+    """The request never left: no connection to the node. Safe to retry anywhere."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -252,7 +267,7 @@ class AsyncClient:
                 loop.create_connection(_Connection, address[0], address[1]), self.timeout_s
             )
         except (OSError, TimeoutError) as error:
-            raise Unavailable(f"cannot connect to {address[0]}:{address[1]}: {error}") from None
+            raise NotSent(f"cannot connect to {address[0]}:{address[1]}: {error}") from None
         if self.token is not None:
             assert self.tenant is not None
             auth = p.Auth(id=0, tenant=self.tenant, token=self.token)
@@ -306,6 +321,14 @@ class AsyncClient:
                     )
             try:
                 response = await self._send(address, request)
+            except NotSent:
+                if attempt >= self.retries:
+                    raise
+                attempt += 1
+                if keyspace is not None and route_key is not None and keyspace in self._maps:
+                    self._maps[keyspace].skip(route_key, address)
+                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
+                continue
             except Unavailable:
                 if not idempotent or attempt >= self.retries:
                     raise
@@ -338,12 +361,26 @@ class AsyncClient:
     async def _map(self, keyspace: str) -> _KeyspaceMap:
         found = self._maps.get(keyspace)
         if found is None:
-            raw = await self._send(self.seed, p.GetShardMap(id=0, keyspace=keyspace))
+            raw = await self._send_anywhere(p.GetShardMap(id=0, keyspace=keyspace))
             if raw.error is not None:
                 raise error_from_code(raw.error.code, raw.error.message, raw.error.detail)
             found = msgspec.msgpack.decode(raw.result, type=_KeyspaceMap)
             self._maps[keyspace] = found
         return found
+
+    async def _send_anywhere(self, request: p.Request) -> p.RawResponse:
+        """Send to the seed node, or, if it cannot be reached, to another known node."""
+        candidates = [self.seed]
+        for known in self._maps.values():
+            candidates += [tuple(a) for a in known.nodes.values()]  # type: ignore[misc]
+        last: NotSent | None = None
+        for address in dict.fromkeys(candidates):
+            try:
+                return await self._send(address, request)
+            except NotSent as error:
+                last = error
+        assert last is not None
+        raise last
 
     def _update_map(self, keyspace: str, detail: Any) -> None:
         try:

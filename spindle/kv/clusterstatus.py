@@ -36,11 +36,14 @@ async def cluster_view(
     if isinstance(seed, str):
         raise SpindleError(f"cannot get status from {address}: {seed}")
     members = sorted(seed.get("cluster", {}).get("nodes", []), key=lambda m: int(m["node_id"]))
-    addresses = {m["node_id"]: f"{m['host']}:{m['port']}" for m in members}
+    addresses = {
+        m["node_id"]: f"{m['host']}:{m['port']}" for m in members if m["node_id"] != seed["node_id"]
+    }
     found = await asyncio.gather(
         *(_node_status(addr, tenant, token) for addr in addresses.values())
     )
-    statuses = dict(zip(addresses, found, strict=True))
+    statuses: dict[int, dict[str, Any] | str] = {seed["node_id"]: seed}
+    statuses.update(zip(addresses, found, strict=True))
     nodes = []
     for member in members:
         status = statuses.get(member["node_id"])
@@ -90,6 +93,7 @@ async def cluster_view(
     ]
     return {
         "queried": address,
+        "seed_node_id": seed["node_id"],
         "replication_factor": seed.get("cluster", {}).get("replication_factor"),
         "nodes": nodes,
         "shards": shards,

@@ -4,8 +4,9 @@ One pass of the loop gathers the Ready of every group with work, sends leaders' 
 and heartbeats at once (one frame per peer node, so the heartbeats of all groups to a peer
 travel together), stages all log entries and hard states into one engine write batch,
 syncs once (in the fsync thread, via the node's group committer), then sends the rest
-(votes, acknowledgements), applies committed entries and advances. Inputs (proposals, messages, ticks) that arrive while a pass waits on its
-fsync wait for the next pass: that is the group commit. Ticks come from a monotonic clock;
+(votes, acknowledgements), applies committed entries and advances. Inputs (proposals,
+messages, ticks) that arrive while a pass waits on its fsync wait for the next pass: that
+is the group commit. Ticks come from a monotonic clock;
 missed ticks (a stalled loop, a stopped process) are delivered before any lease read.
 """
 
@@ -31,6 +32,10 @@ ELECTION_TICKS = 10
 """Election timeout: 1-2 s (randomised in [10, 20) ticks); the leader lease is a bit less."""
 HEARTBEAT_TICKS = 1
 """A leader heartbeats every tick (100 ms)."""
+LOG_COMPACT_ENTRIES = 20_000
+"""A group's log is compacted once it holds this many applied entries ..."""
+LOG_KEEP_ENTRIES = 5_000
+"""... down to this many (a follower lagging further gets a snapshot of the state)."""
 READIES_PER_PASS_MAX = 1024
 """Groups handled in one pass of the Ready loop (the rest wait for the next pass)."""
 
@@ -62,6 +67,9 @@ class RaftHost:
         self.send = send
         self.address_of = address_of
         self.tick_s = tick_s
+        self.log_compact_entries = LOG_COMPACT_ENTRIES
+        self.log_keep_entries = LOG_KEEP_ENTRIES
+        self.compactions = 0
         self.replicas: dict[int, Replica] = {}
         self.storages: dict[int, RaftStorage] = {}
         self._dirty: dict[Replica, None] = {}
@@ -291,6 +299,20 @@ class RaftHost:
             replica.apply_ready(ready)
             replica.raw.advance()
             self._dirty[replica] = None
+            self._maybe_compact(replica)
+
+    def _maybe_compact(self, replica: Replica) -> None:
+        storage = self.storages[replica.group_id]
+        applied = replica.applied_index
+        if applied - storage.first_index() < self.log_compact_entries:
+            return
+        upto = min(applied - self.log_keep_entries, storage.last_index())
+        if upto < storage.first_index():
+            return
+        batch = self.engine.new_batch()
+        storage.compact(batch, upto, replica.raw.status().conf_state)
+        self.committer.write(batch)
+        self.compactions += 1
 
     async def run_pass(self) -> None:
         readies = self.collect()

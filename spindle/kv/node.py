@@ -33,6 +33,7 @@ from spindle.kv.catalogstate import (
     SetToken,
     encode_command,
 )
+from spindle.kv.client import NotSent
 from spindle.kv.commands import (
     Batch,
     DeleteOp,
@@ -530,9 +531,16 @@ class Node:
         assert leader is not None and self.transport is not None
         result_type = RESULT_TYPES.get(type(request), Any)
         self.forwarded_requests += 1
-        return await self.transport.forward(
-            (leader["host"], leader["port"]), tenant, request, result_type
-        )
+        try:
+            return await self.transport.forward(
+                (leader["host"], leader["port"]), tenant, request, result_type
+            )
+        except NotSent as unreachable:  # never sent: the client may retry anything
+            raise NotLeader(
+                f"the leader this node knows (node {leader.get('node_id')}) is unreachable: "
+                f"{unreachable.message}; retry",
+                detail={"leader_id": 0},
+            ) from None
 
     def _execute(self, tenant: str, request: p.Request, forwarded: bool) -> Result:
         kind = type(request)

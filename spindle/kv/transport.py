@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import msgspec
 
 from spindle.kv import protocol as p
-from spindle.kv.client import _Connection
+from spindle.kv.client import NotSent, _Connection
 from spindle.kv.errors import SpindleError, Unavailable, error_from_code
 from spindle.kv.multiraft import Envelope
 
@@ -174,7 +174,7 @@ class PeerTransport:
                 loop.create_connection(_Connection, *address), PEER_CONNECT_TIMEOUT_S
             )
         except (OSError, TimeoutError) as error:
-            raise Unavailable(f"cannot reach {address[0]}:{address[1]}: {error}") from None
+            raise NotSent(f"cannot reach {address[0]}:{address[1]}: {error}") from None
         hello = await opened.send(self._hello())
         if hello.error is not None:
             raise error_from_code(hello.error.code, hello.error.message, hello.error.detail)
