@@ -45,8 +45,19 @@ system-deps:
 sim: $(STAMP)
 	$(BIN)/spindle sim --seeds 1000 --faults all
 
+# `spindle bench cluster` runs etcd (Debian package etcd-server) and drives it through its
+# gRPC API with grpcio (in the bench extra).
 bench: $(STAMP)
+	@command -v etcd >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing etcd-server with apt-get"; \
+			apt-get update -qq >/dev/null && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; \
+		else echo "note: etcd not found and not root: bench cluster will say how to get it"; fi; }
+	@$(BIN)/python -c 'import grpc' 2>/dev/null || \
+		$(BIN)/python -m pip install -q --disable-pip-version-check 'grpcio>=1.60'
 	$(BIN)/spindle bench kv
+	$(BIN)/python -m spindle.bench.cluster
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
