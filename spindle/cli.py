@@ -559,6 +559,35 @@ def bench_functions(
     functions_main(calls=calls, slots=slots, output=output, quick=quick)
 
 
+@bench_app.command("cluster")
+def bench_cluster(
+    duration_s: Annotated[float, typer.Option("--duration", help="Seconds per cell.")] = 5.0,
+    runs: Annotated[int, typer.Option(help="Runs; the table shows medians.")] = 3,
+    generator_processes: Annotated[int, typer.Option(help="Load generator processes.")] = 2,
+    systems: Annotated[str, typer.Option(help="Comma-separated: spindle, etcd.")] = (
+        "spindle,etcd"
+    ),
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client counts.")] = (
+        "16,128,512"
+    ),
+    output: Annotated[str, typer.Option(help="JSON results.")] = "bench-results/cluster.json",
+    quick: Annotated[bool, typer.Option(help="Short cells, one run.")] = False,
+) -> None:
+    """A local 3-node Spindle cluster vs a 3-member etcd (Debian etcd-server, started
+    here): replicated durable puts, strong and eventual gets, side by side."""
+    from spindle.bench.cluster import main as cluster_main
+
+    cluster_main(
+        duration_s=duration_s,
+        runs=runs,
+        generator_processes=generator_processes,
+        systems=systems,
+        output=output,
+        quick=quick,
+        concurrency=concurrency,
+    )
+
+
 @bench_app.command("noisy")
 def bench_noisy(
     seconds: Annotated[float, typer.Option(help="Duration of each measured phase.")] = 4.0,
