@@ -3,11 +3,13 @@
 One pass of the loop gathers the Ready of every group with work, sends leaders' appends
 and heartbeats at once (one frame per peer node, so the heartbeats of all groups to a peer
 travel together), stages all log entries and hard states into one engine write batch,
-syncs once (in the fsync thread, via the node's group committer), then sends the rest
-(votes, acknowledgements), applies committed entries and advances. Inputs (proposals,
-messages, ticks) that arrive while a pass waits on its fsync wait for the next pass: that
-is the group commit. Ticks come from a monotonic clock;
-missed ticks (a stalled loop, a stopped process) are delivered before any lease read.
+applies the committed entries that were durable before this pass (a leader answers its
+clients without waiting for the fsync of newer entries), syncs once (in the fsync thread,
+via the node's group committer), then sends the rest (votes, acknowledgements), applies
+the remaining committed entries and advances. Inputs (proposals, messages, ticks) that
+arrive while a pass waits on its fsync wait for the next pass: that is the group commit.
+Ticks come from a monotonic clock; missed ticks (a stalled loop, a stopped process) are
+delivered before any lease read.
 """
 
 from __future__ import annotations
@@ -320,7 +322,10 @@ class RaftHost:
             return
         self.passes += 1
         self.send_early(readies)
-        if self.persist(readies):
+        must_sync = self.persist(readies)
+        for replica, ready in readies:
+            replica.apply_durable(ready)
+        if must_sync:
             await self.committer.after_durable(None)
         self.send_and_apply(readies)
 

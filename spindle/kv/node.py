@@ -101,7 +101,11 @@ MAX_DEFAULT_REPLICATION = 3
 JOIN_RETRY_S = 0.5
 """Pause between a joining node's attempts to be added."""
 MAINTAIN_INTERVAL_S = 0.5
-"""How often the metadata leader checks for work (the default keyspace)."""
+"""How often a node checks for work (its catalog entry, leader balance; on the metadata
+leader, the default keyspace)."""
+TRANSFER_LAG_ENTRIES_MAX = 64
+"""A preferred leader this close to the log's end gets leadership back (the core then
+waits until it has caught up fully before handing over)."""
 
 Result = Any
 """A plain result, an asyncio.Future of one, or a coroutine producing one."""
@@ -188,6 +192,7 @@ class Node:
         }
         self.ops_served: dict[str, int] = {}
         self.forwarded_requests = 0
+        self.leader_transfers = 0
         self._read_seq = 0
         self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -345,6 +350,7 @@ class Node:
                         resp_port=a.resp_port,
                     )
                     await self.transport.forward(leader, ADMIN_TENANT, join, bool)
+        self._balance_leaders()
         if meta is None or not meta.is_leader():
             return
         if (
@@ -361,6 +367,27 @@ class Node:
                     if_absent=True,
                 )
             )
+
+    def _balance_leaders(self) -> None:
+        """Hand each shard this node leads but is not the preferred leader of (its first
+        replica) to that replica once it is caught up: leaders, and their work, spread
+        evenly over the nodes after elections moved them."""
+        for shard in self.shards.values():
+            replica = shard.replica
+            preferred = shard.info.replicas[0] if shard.info.replicas else self.node_id
+            if replica is None or not replica.is_leader() or preferred == self.node_id:
+                continue
+            status = replica.raw.status()
+            progress = status.progress.get(preferred)
+            if (
+                progress is not None
+                and progress.recent_active
+                and progress.match_index + TRANSFER_LAG_ENTRIES_MAX >= status.last_index
+                and status.lead_transferee == 0
+            ):
+                replica.raw.transfer_leadership(preferred)
+                self.host.wake(replica)
+                self.leader_transfers += 1
 
     async def ensure_default_keyspace(self, timeout_s: float = 30.0) -> None:
         """Start the node, and wait until the default keyspace exists (it needs as many
@@ -513,6 +540,8 @@ class Node:
             return result
         kind = type(request)
         if kind in ADMIN_REQUESTS or (kind in WRITE_REQUESTS and len(self.host.replicas) > 1):
+            if isinstance(result, asyncio.Future):
+                return self._forward_on_failure(result, tenant, request)
             return self._forward_if_not_leader(result, tenant, request)
         return result
 
@@ -525,6 +554,31 @@ class Node:
             if not _leader_of(error):
                 raise
             return await self._forward(error, tenant, request)
+
+    def _forward_on_failure(
+        self, pending: asyncio.Future[Any], tenant: str, request: p.Request
+    ) -> asyncio.Future[Any]:
+        """`_forward_if_not_leader` for a plain future, without a Task per write: the
+        common case (success) costs one callback."""
+        outer: asyncio.Future[Any] = self.host.loop.create_future()
+
+        def settle(done: asyncio.Future[Any]) -> None:
+            if outer.done():
+                return
+            if done.cancelled():
+                outer.cancel()
+                return
+            error = done.exception()
+            if error is None:
+                outer.set_result(done.result())
+            elif isinstance(error, NotLeader) and _leader_of(error):
+                retry = asyncio.ensure_future(self._forward(error, tenant, request))
+                retry.add_done_callback(settle)
+            else:
+                outer.set_exception(error)
+
+        pending.add_done_callback(settle)
+        return outer
 
     async def _forward(self, error: SpindleError, tenant: str, request: p.Request) -> Any:
         leader = _leader_of(error)
@@ -1203,6 +1257,7 @@ class Node:
             "ready": self.is_ready(),
             "groups": [self.host.group_status(group_id) for group_id in sorted(self.host.replicas)],
             "forwarded_requests": self.forwarded_requests,
+            "leader_transfers": self.leader_transfers,
             "raft_passes": self.host.passes,
             "raft_messages_sent": self.host.messages_sent,
             "raft_messages_received": self.host.messages_received,

@@ -19,6 +19,7 @@ from spindle.kv.raft import (
     NONE,
     ConfChange,
     ConfState,
+    Entry,
     EntryType,
     ProposalDropped,
     RawNode,
@@ -250,7 +251,6 @@ class Replica:
 
     def apply_ready(self, ready: Ready) -> None:
         """After `ready` was persisted (and its messages sent): apply, answer, fence."""
-        raw = self.raw
         if ready.soft_state is not None:
             self.role = ready.soft_state.role
             self.leader_id = ready.soft_state.leader_id
@@ -262,11 +262,29 @@ class Replica:
                 self.applier.restore(meta.index, ready.snapshot.data)
                 if self.on_conf_change is not None:
                     self.on_conf_change(meta.conf_state)
+        self._apply_committed(ready.committed_entries)
+        self._answer_reads(ready)
+
+    def apply_durable(self, ready: Ready) -> None:
+        """Before `ready` is persisted: apply the committed entries that were already
+        durable here (those before the Ready's own new entries), so a leader answers its
+        clients without waiting for the fsync of the entries proposed since. The state
+        machine's writes reach the engine in the same flush as this Ready's hard state."""
+        if ready.snapshot is not None or not ready.committed_entries:
+            return
+        entries = ready.committed_entries
+        if ready.entries:
+            first_new = ready.entries[0].index
+            entries = [entry for entry in entries if entry.index < first_new]
+        self._apply_committed(entries)
+
+    def _apply_committed(self, entries: list[Entry]) -> None:
+        raw = self.raw
         applier = self.applier
         proposals = self._proposals
-        for entry in ready.committed_entries:
+        for entry in entries:
             if entry.index <= applier.applied_index:
-                continue  # already applied before a restart (the engine kept it)
+                continue  # applied already (before the fsync, or before a restart)
             result: Any = None
             if entry.type is EntryType.CONF_CHANGE:
                 conf_state = raw.apply_conf_change(ConfChange.decode(entry.data))
@@ -295,6 +313,9 @@ class Replica:
                         proposal.future.set_result(proposal.finish(entry.index, result))
                     except SpindleError as error:
                         proposal.future.set_exception(error)
+
+    def _answer_reads(self, ready: Ready) -> None:
+        applier = self.applier
         for read_state in ready.read_states:
             pending = self._reads.pop(read_state.request_ctx, None)
             if pending is not None and not pending[0].done():

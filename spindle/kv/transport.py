@@ -27,6 +27,8 @@ log = logging.getLogger("spindle.transport")
 
 PEER_QUEUE_FRAMES_MAX = 256
 """Frames waiting for one peer; beyond it the oldest is dropped (Raft resends)."""
+PEER_WRITE_BUFFER_BYTES_MAX = 4 << 20
+"""Unsent bytes to one peer above which frames queue (and then drop) instead."""
 PEER_CONNECT_TIMEOUT_S = 1.0
 PEER_BACKOFF_S_MIN = 0.05
 PEER_BACKOFF_S_MAX = 1.0
@@ -58,15 +60,27 @@ class Transport(Protocol):
 
 
 class _Peer:
+    """The outbound connection to one peer. While it is connected and keeping up, a frame
+    is written at once (no task hop); otherwise frames wait in a bounded queue."""
+
     def __init__(self, transport: PeerTransport, node_id: int) -> None:
         self.transport = transport
         self.node_id = node_id
         self.queue: deque[bytes] = deque()
         self.dropped_frames = 0
+        self.writer: asyncio.StreamWriter | None = None
         self.event = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
 
     def push(self, frame: bytes) -> None:
+        writer = self.writer
+        if (
+            writer is not None
+            and not self.queue
+            and writer.transport.get_write_buffer_size() < PEER_WRITE_BUFFER_BYTES_MAX
+        ):
+            writer.write(frame)
+            return
         if len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
             self.queue.popleft()
             self.dropped_frames += 1
@@ -77,39 +91,13 @@ class _Peer:
         transport = self.transport
         backoff_s = PEER_BACKOFF_S_MIN
         while not transport.closed:
-            address = transport.address_of(self.node_id)
-            writer: asyncio.StreamWriter | None = None
             try:
-                if address is None:
-                    raise OSError(f"no address known for node {self.node_id}")
-                reader, opened = await asyncio.wait_for(
-                    asyncio.open_connection(*address), PEER_CONNECT_TIMEOUT_S
-                )
-                writer = opened
-                opened.write(p.frame(transport.hello()))
-                drain = asyncio.ensure_future(_discard(reader))
+                await self._serve_connection()
                 backoff_s = PEER_BACKOFF_S_MIN
-                try:
-                    while not transport.closed and not drain.done():
-                        if not self.queue:
-                            self.event.clear()
-                            waiter = asyncio.ensure_future(self.event.wait())
-                            await asyncio.wait({waiter, drain}, return_when=asyncio.FIRST_COMPLETED)
-                            waiter.cancel()
-                            continue
-                        frames = list(self.queue)
-                        self.queue.clear()
-                        opened.write(b"".join(frames))
-                        await opened.drain()
-                finally:
-                    drain.cancel()
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, ConnectionError) as error:
                 log.debug("peer %d: %s", self.node_id, error)
-            finally:
-                if writer is not None:
-                    writer.close()
             if transport.closed:
                 return
             self.dropped_frames += len(self.queue)
@@ -117,6 +105,38 @@ class _Peer:
             transport.on_unreachable(self.node_id)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, PEER_BACKOFF_S_MAX)
+
+    async def _serve_connection(self) -> None:
+        transport = self.transport
+        address = transport.address_of(self.node_id)
+        if address is None:
+            raise OSError(f"no address known for node {self.node_id}")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*address), PEER_CONNECT_TIMEOUT_S
+        )
+        closed = asyncio.ensure_future(_discard(reader))
+        try:
+            writer.write(p.frame(transport.hello()))
+            self.writer = writer
+            while not transport.closed and not closed.done():
+                if self.queue:
+                    frames = list(self.queue)
+                    self.queue.clear()
+                    writer.write(b"".join(frames))
+                    await writer.drain()
+                    continue
+                self.event.clear()
+                waiter = asyncio.ensure_future(self.event.wait())
+                try:
+                    await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            if closed.done() and not closed.cancelled() and closed.exception() is not None:
+                raise ConnectionError(f"connection to node {self.node_id} failed")
+        finally:
+            self.writer = None
+            closed.cancel()
+            writer.close()
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:
