@@ -256,7 +256,10 @@ class RaftHost:
             if len(taken) >= READIES_PER_PASS_MAX:
                 break
             taken.append(replica)
-            if self.replicas.get(replica.group_id) is replica and replica.raw.has_ready():
+            if self.replicas.get(replica.group_id) is not replica:
+                continue
+            replica.flush_proposals()
+            if replica.raw.has_ready():
                 readies.append((replica, replica.raw.ready()))
         for replica in taken:
             del dirty[replica]

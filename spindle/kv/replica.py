@@ -107,6 +107,8 @@ class Replica:
         self.role = Role.FOLLOWER
         self.term = raw.hard_state().term
         self._proposals: dict[int, _Proposal] = {}
+        self._queued: list[tuple[bytes, asyncio.Future[Any], Finish]] = []
+        """Proposals waiting for the next pass of the Ready loop."""
         self._read_ctx = 0
         self._reads: dict[bytes, tuple[asyncio.Future[int], float]] = {}
         """ReadIndex requests in flight: ctx -> (future of the read index, issue time)."""
@@ -129,22 +131,38 @@ class Replica:
     # -- writes --------------------------------------------------------------------------
 
     def propose(self, data: bytes, finish: Finish = _pair) -> asyncio.Future[Any]:
-        """Order `data`; the future gives `finish(index, result)` once applied here."""
-        if len(self._proposals) >= PENDING_PROPOSALS_MAX:
+        """Order `data`; the future gives `finish(index, result)` once applied here.
+
+        Proposals made between two passes of the Ready loop enter the log together
+        (`flush_proposals`): one append message per follower for all of them."""
+        if len(self._proposals) + len(self._queued) >= PENDING_PROPOSALS_MAX:
             raise Unavailable(f"group {self.group_id}: too many proposals waiting")
-        try:
-            index = self.raw.propose(data)
-        except ProposalDropped as dropped:
-            raise self.host.not_leader(
-                self.group_id, dropped.leader_id or self.leader_id, "write"
-            ) from None
+        if self.raw.soft_state().role is not Role.LEADER:
+            raise self.not_leader()
         future: asyncio.Future[Any] = self.host.loop.create_future()
-        term = self.raw.hard_state().term
-        self._proposals[index] = _Proposal(
-            term, future, finish, self.host.now() + PROPOSAL_TIMEOUT_S
-        )
+        self._queued.append((data, future, finish))
         self.host.wake(self)
         return future
+
+    def flush_proposals(self) -> None:
+        """Put the queued proposals into the log at once (the Ready loop calls this)."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        try:
+            first = self.raw.propose_batch([data for data, _, _ in queued])
+        except ProposalDropped as dropped:
+            error = self.host.not_leader(
+                self.group_id, dropped.leader_id or self.leader_id, "write"
+            )
+            for _, future, _ in queued:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        term = self.raw.hard_state().term
+        deadline_s = self.host.now() + PROPOSAL_TIMEOUT_S
+        for offset, (_, future, finish) in enumerate(queued):
+            self._proposals[first + offset] = _Proposal(term, future, finish, deadline_s)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -359,6 +377,10 @@ class Replica:
 
     def fail_all(self, error: SpindleError) -> None:
         """The replica is going away (node stopping, group removed)."""
+        for _, future, _ in self._queued:
+            if not future.done():
+                future.set_exception(error)
+        self._queued.clear()
         for proposal in self._proposals.values():
             if not proposal.future.done():
                 proposal.future.set_exception(error)

@@ -786,6 +786,15 @@ class Raft:
         self._broadcast_append()
         return index
 
+    def propose_batch(self, datas: list[bytes]) -> int:
+        """Append several normal entries with one broadcast; returns the first's index."""
+        self._check_can_propose()
+        if any(len(data) > MAX_PROPOSAL_BYTES for data in datas):
+            raise ProposalDropped(DropReason.TOO_LARGE, self.id)
+        last = self._append_entries([Entry(term=0, index=0, data=data) for data in datas])
+        self._broadcast_append()
+        return last - len(datas) + 1
+
     def propose_conf_change(self, change: ConfChange) -> int:
         self._check_can_propose()
         if self.pending_conf_index > self.log.applied:

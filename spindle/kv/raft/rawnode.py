@@ -81,6 +81,13 @@ class RawNode:
         """
         return self._raft.propose(data, EntryType.NORMAL)
 
+    def propose_batch(self, datas: list[bytes]) -> int:
+        """Proposes several entries at once (one append message per follower instead of
+        one each); returns the first one's index (the others follow in order). Raises
+        ``ProposalDropped`` like ``propose``, for all of them."""
+        assert datas, "an empty batch"
+        return self._raft.propose_batch(datas)
+
     def propose_conf_change(self, change: ConfChange) -> int:
         """Proposes one membership change, like ``propose``; it takes effect when applied.
 
