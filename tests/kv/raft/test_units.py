@@ -461,3 +461,22 @@ def test_snapshot_chunks_from_two_leaders_are_never_joined() -> None:
     chunk(2, 2, 4, b"bbbb", True)
     ready = follower.ready()
     assert ready.snapshot is not None and ready.snapshot.data == b"aaaabbbb"
+
+
+def test_a_proposal_batch_is_one_append_per_follower() -> None:
+    network = Network()
+    network.run("add-nodes 3")
+    elect(network)
+    leader = network.nodes[1].raw
+    last = leader.status().last_index
+    first = leader.propose_batch([b"a", b"b", b"c"])
+    assert first == last + 1
+    out = network.run("process-ready 1")
+    appends = [line for line in out if " APP " in line and "'c'" in line]
+    assert len(appends) == 2, out  # one message per follower carrying all three
+    assert all("'a'" in line and "'b'" in line for line in appends)
+    network.run("stabilize")
+    assert network.nodes[3].applied[-3:] == ["a", "b", "c"]
+    with pytest.raises(ProposalDropped) as dropped:
+        network.nodes[2].raw.propose_batch([b"x", b"y"])
+    assert dropped.value.leader_id == 1
