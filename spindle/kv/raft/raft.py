@@ -104,6 +104,8 @@ class Raft:
         self.lead: NodeId = NONE
         self.role = Role.FOLLOWER
         self.msgs: list[Message] = []
+        self.commit_unsent = False
+        """The commit index advanced; followers hear of it when the next Ready is taken."""
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[bytes] = []
         self.voters: frozenset[NodeId] = frozenset()
@@ -157,8 +159,23 @@ class Raft:
         return ConfState(voters=tuple(sorted(self.voters)), learners=tuple(sorted(self.learners)))
 
     def take_messages(self) -> list[Message]:
+        if self.commit_unsent:
+            self._send_commit()
         msgs, self.msgs = self.msgs, []
         return msgs
+
+    def _send_commit(self) -> None:
+        """Tell followers a commit index that advanced since the last Ready, once, unless
+        an append already going to them carries it (a commit learnt from several acks,
+        or followed by new proposals, costs no extra messages)."""
+        self.commit_unsent = False
+        if self.role is not Role.LEADER:
+            return
+        committed = self.log.committed
+        told = {m.dst for m in self.msgs if m.type is MessageType.APP and m.commit >= committed}
+        for node_id in sorted(self.progress):
+            if node_id != self.id and node_id not in told:
+                self._send_append(node_id)
 
     def take_read_states(self) -> list[ReadState]:
         read_states, self.read_states = self.read_states, []
@@ -645,8 +662,8 @@ class Raft:
         else:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._broadcast_append()
-        elif was_paused:
+            self.commit_unsent = True  # sent with the next Ready (take_messages)
+        if was_paused:
             self._send_append(m.src)
         while self._send_append(m.src, send_if_empty=False):
             pass

@@ -139,6 +139,7 @@ class RawNode:
             raft.soft_state() != self._prev_soft_state
             or raft.hard_state() != self._prev_hard_state
             or bool(raft.msgs)
+            or raft.commit_unsent
             or bool(raft.read_states)
             or bool(raft.dropped_reads)
             or raft.log.has_unstable()
