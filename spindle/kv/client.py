@@ -795,10 +795,21 @@ def connect(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     tenant: str | None = None,
     token: str | None = None,
+    consistency: str = "strong",
+    max_staleness_ms: int = 0,
 ) -> AsyncClient:
     """An asyncio client; use as `async with spindle.connect(...) as kv`. Without a token
-    (argument or SPINDLE_TOKEN) a loopback client acts as the default tenant."""
-    return AsyncClient(address, keyspace=keyspace, timeout_s=timeout_s, tenant=tenant, token=token)
+    (argument or SPINDLE_TOKEN) a loopback client acts as the default tenant.
+    `consistency` is the default read level (see `AsyncClient`)."""
+    return AsyncClient(
+        address,
+        keyspace=keyspace,
+        timeout_s=timeout_s,
+        tenant=tenant,
+        token=token,
+        consistency=consistency,
+        max_staleness_ms=max_staleness_ms,
+    )
 
 
 class Client:
@@ -812,13 +823,21 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         tenant: str | None = None,
         token: str | None = None,
+        consistency: str = "strong",
+        max_staleness_ms: int = 0,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._timeout_s = timeout_s
         self.aio = AsyncClient(
-            address, keyspace=keyspace, timeout_s=timeout_s, tenant=tenant, token=token
+            address,
+            keyspace=keyspace,
+            timeout_s=timeout_s,
+            tenant=tenant,
+            token=token,
+            consistency=consistency,
+            max_staleness_ms=max_staleness_ms,
         )
         try:
             self._run(self.aio.connect())
@@ -852,14 +871,15 @@ class Client:
     def ping(self) -> dict[str, Any]:
         return self._run(self.aio.ping())
 
-    def get(self, key: bytes, *, keyspace: str | None = None) -> bytes | None:
-        return self._run(self.aio.get(key, keyspace=keyspace))
+    def get(self, key: bytes, **options: Any) -> bytes | None:
+        """Options as `AsyncClient.get`: keyspace, consistency, max_staleness_ms."""
+        return self._run(self.aio.get(key, **options))
 
-    def get_item(self, key: bytes, *, keyspace: str | None = None) -> Item | None:
-        return self._run(self.aio.get_item(key, keyspace=keyspace))
+    def get_item(self, key: bytes, **options: Any) -> Item | None:
+        return self._run(self.aio.get_item(key, **options))
 
-    def multi_get(self, keys: list[bytes], *, keyspace: str | None = None) -> list[bytes | None]:
-        return self._run(self.aio.multi_get(keys, keyspace=keyspace))
+    def multi_get(self, keys: list[bytes], **options: Any) -> list[bytes | None]:
+        return self._run(self.aio.multi_get(keys, **options))
 
     def put(self, key: bytes, value: bytes, **options: Any) -> int:
         return self._run(self.aio.put(key, value, **options))

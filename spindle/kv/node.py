@@ -539,7 +539,7 @@ class Node:
         if forwarded or not isinstance(result, Awaitable):
             return result
         kind = type(request)
-        if kind in ADMIN_REQUESTS or (kind in WRITE_REQUESTS and len(self.host.replicas) > 1):
+        if kind in CATALOG_REQUESTS or (kind in WRITE_REQUESTS and len(self.host.replicas) > 1):
             if isinstance(result, asyncio.Future):
                 return self._forward_on_failure(result, tenant, request)
             return self._forward_if_not_leader(result, tenant, request)
@@ -1448,6 +1448,8 @@ ADMIN_REQUESTS: frozenset[type[p.Request]] = frozenset(
     {p.CreateTenant, p.ListTenants, p.SetQuota, p.DeleteTenant, p.RotateToken}
 )
 SHARED_REQUESTS: frozenset[type[p.Request]] = frozenset({p.Ping, p.Status})
+CATALOG_REQUESTS: frozenset[type[p.Request]] = ADMIN_REQUESTS | {p.CreateKeyspace}
+"""Requests that change the catalog: proposed to the metadata group, through its leader."""
 """Requests both tenants and the administrator may make."""
 
 
