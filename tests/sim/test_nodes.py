@@ -1,0 +1,120 @@
+"""The simulator of whole nodes: the CI seed sweep, determinism, failures it must catch,
+and the regression seeds of Spindle bugs it found."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spindle.sim.nodemutations import hunt
+from spindle.sim.nodes import NodeSimConfig, NodeWorld, main, node_faults, run_seed
+from spindle.sim.scheduler import Trace
+
+#: The CI sweep: seeds with every fault on (the issue asks for >= 50; the 1,000-seed run is
+#: recorded in spindle/sim/nodes.py).
+CI_SEEDS = 50
+
+
+@pytest.mark.parametrize("seed", range(CI_SEEDS))
+def test_seed_with_every_fault(seed: int) -> None:
+    result = run_seed(seed, "all")
+    assert result.ok, result.report()
+    assert result.ops_ok > 0 and result.strong_ops_checked > 0
+
+
+def test_perfect_world_answers_every_unconditional_request() -> None:
+    world = NodeWorld(11, node_faults("none"), NodeSimConfig(fault_phase_s=3, quiet_phase_s=1))
+    world.run()
+    failed = [op for op in world.recorder.ops if op.status != "ok"]
+    assert all(op.error.startswith("Conflict") for op in failed), failed[:3]
+    names = {op.name for op in world.recorder.ops if op.status == "ok"}
+    assert names == {
+        "get",
+        "multi_get",
+        "scan",
+        "put",
+        "delete",
+        "incr",
+        "expire",
+        "write_batch",
+        "txn",
+    }
+    levels = {op.level for op in world.recorder.ops}
+    assert levels == {"strong", "bounded", "read_your_writes", "eventual", "write"}
+
+
+def _digest(seed: int) -> tuple[str, str]:
+    trace = Trace(lines_max=10_000_000)
+    world = NodeWorld(seed, node_faults("all"), NodeSimConfig(), trace)
+    world.run()
+    history = hashlib.sha256("\n".join(op.describe() for op in world.recorder.ops).encode())
+    lines = hashlib.sha256("\n".join(trace.lines()).encode())
+    return history.hexdigest(), lines.hexdigest()
+
+
+def test_a_seed_replays_exactly() -> None:
+    assert _digest(5) == _digest(5)
+    assert _digest(5) != _digest(6)
+
+
+def test_a_seed_replays_exactly_in_another_process() -> None:
+    """Nothing depends on the process: not string hashing, not the wall clock."""
+    code = "from tests.sim.test_nodes import _digest; print(*_digest(5))"
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        outputs.add(done.stdout.strip())
+    assert outputs == {" ".join(_digest(5))}
+
+
+@pytest.mark.parametrize(
+    ("mutation", "kinds"),
+    [
+        ("strong-no-fence", {"linearizability"}),
+        ("bounded-no-bound", {"promise"}),
+        ("ryw-no-wait", {"promise"}),
+        ("ack-before-fsync", {"linearizability", "node-error", "invariant", "divergence"}),
+        ("corrupt-apply-n3", {"divergence", "linearizability", "promise"}),
+        ("raft:vote-stale-log", {"invariant", "linearizability", "node-error"}),
+    ],
+)
+def test_a_broken_promise_is_caught(mutation: str, kinds: set[str]) -> None:
+    result = hunt(mutation, range(12))
+    assert result is not None, f"{mutation} survived 12 seeds"
+    assert result.failure_kind in kinds, result.report()
+
+
+def test_a_failure_reports_its_replay_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from spindle.sim.nodemutations import applied
+
+    with applied("strong-no-fence"):
+        status = main(["--seed", "0", "--faults", "all"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "FAILED (linearizability)" in out
+    assert "python -m spindle.sim.nodes --seed 0 --faults" in out
+    assert "c" in out.split("--- trace ---")[1]  # the trace around the unplaceable op
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Spindle bug: a node that joins starts its metadata-group replica with no "
+        "membership and learns it from the log, which lacks the founder (its membership is "
+        "only in node 1's bootstrap snapshot): joiners hold voters {2, 3}, and once node 1 "
+        "loses leadership of the metadata group it is excluded for good (it campaigns "
+        "forever; the catalog stops replicating to it)"
+    ),
+)
+def test_regression_joiners_learn_the_founder_of_the_metadata_group() -> None:
+    config = dataclasses.replace(NodeSimConfig(), meta_membership_workaround=False)
+    result = run_seed(1, "all", config)
+    assert result.ok, result.report()
