@@ -6,9 +6,12 @@ leaders; every replica's state machine is wrapped (``ObservedApplier``) so each 
 reported as it is applied, whenever the host applies it. ``RaftObserver`` keeps one
 ``Invariants`` ledger (spindle/sim/invariants.py) per group, shared by the replicas of that
 group on every node and across restarts, so it checks: one leader per term, log matching,
-committed entries never change (commit safety, leader completeness), every replica applies
-the same entry at an index (state machine safety), applied <= committed <= last index and
-a commit index that never moves back within one incarnation.
+committed entries never change (commit safety), every replica applies the same entry at an
+index (state machine safety), applied <= committed <= last index and a commit index that
+never moves back within one incarnation. Leader completeness is checked here rather than
+with ``Invariants.check_leader_completeness``, which demands every committed entry of a new
+leader: Raft promises only those committed in earlier terms, and with delayed votes a
+leader of term 2 can be elected after term 3 committed entries (seed 291 does that).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, cast
 from spindle.kv.catalogstate import META_GROUP_ID
 from spindle.kv.commands import Batch, PutOp, decode_entry
 from spindle.kv.multiraft import RaftHost
-from spindle.kv.raft import MemoryStorage, Ready, Role
+from spindle.kv.raft import CompactedError, MemoryStorage, Ready, Role, UnavailableError
 from spindle.kv.replica import Applier, Replica
 from spindle.sim.invariants import Invariants, InvariantViolation
 
@@ -38,6 +41,9 @@ class RaftObserver:
         self.log = log
         """Writes a trace line (format, args): role changes of every replica."""
         self.groups: dict[int, Invariants] = {}
+        self.commit_terms: dict[int, dict[int, int]] = {}
+        """Group -> index -> the term in which that index was committed (the lowest term
+        of any replica reporting the commit: the leader that committed it knew first)."""
         self.applied: dict[int, dict[int, bytes | None]] = {}
         """Group -> index -> payload every replica applied there (None: no command)."""
         #: Violations found (the node's Ready loop swallows exceptions; the run must not).
@@ -70,6 +76,36 @@ class RaftObserver:
                 f"apply before commit: node {node_id} applied index {index} of group "
                 f"{group_id}, no replica has committed beyond {commit_max}"
             )
+
+    def on_commit_term(self, group_id: int, commit_from: int, commit_to: int, term: int) -> None:
+        terms = self.commit_terms.setdefault(group_id, {})
+        for index in range(commit_from + 1, commit_to + 1):
+            known = terms.get(index)
+            if known is None or term < known:
+                terms[index] = term
+
+    def check_leader_completeness(
+        self, node_id: int, group_id: int, term: int, storage: MemoryStorage
+    ) -> None:
+        """Raft's Leader Completeness: an entry committed in a term before ``term`` is in
+        the log of the leader of ``term``. (A leader of an older term may be elected after
+        a newer term committed entries, by a vote that was delayed: it need not hold them.)
+        """
+        committed = self.group(group_id).committed
+        snapshot_index = storage.first_index() - 1
+        for index, commit_term in self.commit_terms.get(group_id, {}).items():
+            if commit_term >= term or index <= snapshot_index:
+                continue
+            try:
+                held: int | None = storage.term(index)
+            except (CompactedError, UnavailableError):
+                held = None
+            if held != committed[index]:
+                self.fail(
+                    f"leader completeness: node {node_id}, leader of term {term}, holds term "
+                    f"{held} at index {index}, committed in term {commit_term} with term "
+                    f"{committed[index]}"
+                )
 
     @property
     def committed_entries(self) -> int:
@@ -182,38 +218,44 @@ class ObservedRaftHost(RaftHost):
         return must_sync
 
     def _after_persist(self, readies: Readies) -> None:
-        node_id = self.node_id
         for replica, ready in readies:
-            group_id = replica.group_id
-            if self.replicas.get(group_id) is not replica:
+            if self.replicas.get(replica.group_id) is not replica:
                 continue
-            ledger = self.observer.group(group_id)
-            storage = _storage(self, group_id)
-            if ready.snapshot is not None and not ready.snapshot.is_empty():
-                meta = ready.snapshot.metadata
-                ledger.on_snapshot_installed(node_id, meta.index, meta.term)
-            if ready.entries:
-                ledger.on_append(node_id, ready.entries, storage)
-            if ready.hard_state is not None:
-                floor = self._commit_floor.get(group_id, 0)
-                commit = ready.hard_state.commit
-                if commit > floor:
-                    ledger.on_commit(node_id, floor, commit, storage)
-                    self._commit_floor[group_id] = commit
-            soft = ready.soft_state
-            if soft is not None:
-                self.observer.log(
-                    "n%d   g%d %s term %d (leader %d)",
-                    node_id,
-                    group_id,
-                    soft.role.name,
-                    replica.raw.hard_state().term,
-                    soft.leader_id,
-                )
-            if soft is not None and soft.role is Role.LEADER:
-                term = replica.raw.hard_state().term
-                ledger.on_leader(node_id, term)
-                ledger.check_leader_completeness(node_id, term, storage)
+            try:
+                self._check_persisted(replica, ready)
+            except InvariantViolation as violation:
+                raise InvariantViolation(f"group {replica.group_id}: {violation}") from None
+
+    def _check_persisted(self, replica: Replica, ready: Ready) -> None:
+        node_id, group_id = self.node_id, replica.group_id
+        ledger = self.observer.group(group_id)
+        storage = _storage(self, group_id)
+        if ready.snapshot is not None and not ready.snapshot.is_empty():
+            meta = ready.snapshot.metadata
+            ledger.on_snapshot_installed(node_id, meta.index, meta.term)
+        if ready.entries:
+            ledger.on_append(node_id, ready.entries, storage)
+        if ready.hard_state is not None:
+            floor = self._commit_floor.get(group_id, 0)
+            commit = ready.hard_state.commit
+            if commit > floor:
+                ledger.on_commit(node_id, floor, commit, storage)
+                self.observer.on_commit_term(group_id, floor, commit, ready.hard_state.term)
+                self._commit_floor[group_id] = commit
+        soft = ready.soft_state
+        if soft is not None:
+            self.observer.log(
+                "n%d   g%d %s term %d (leader %d)",
+                node_id,
+                group_id,
+                soft.role.name,
+                replica.raw.hard_state().term,
+                soft.leader_id,
+            )
+        if soft is not None and soft.role is Role.LEADER:
+            term = replica.raw.hard_state().term
+            ledger.on_leader(node_id, term)
+            self.observer.check_leader_completeness(node_id, group_id, term, storage)
 
     def send_and_apply(self, readies: Readies) -> None:
         try:

@@ -27,6 +27,14 @@ def test_seed_with_every_fault(seed: int) -> None:
     assert result.ops_ok > 0 and result.strong_ops_checked > 0
 
 
+@pytest.mark.parametrize("seed", [291, 905])
+def test_regression_an_older_term_elected_by_a_delayed_vote(seed: int) -> None:
+    """An isolated candidate of term 2 wins with a vote delayed past term 3's first commits:
+    legal Raft, which a too-strong leader-completeness check once reported."""
+    result = run_seed(seed, "all")
+    assert result.ok, result.report()
+
+
 def test_perfect_world_answers_every_unconditional_request() -> None:
     world = NodeWorld(11, node_faults("none"), NodeSimConfig(fault_phase_s=3, quiet_phase_s=1))
     world.run()
