@@ -17,6 +17,15 @@ The node-level mutations break each read level's promise, durability and replica
   value (replicas diverge silently).
 
 The Raft-core mutations of spindle/sim/mutations.py apply here too (``raft:<name>``).
+
+Measured (``--seeds 40``): every node-level mutation is caught within 5 seeds (strong,
+bounded and read-your-writes by the history checks, corrupt-apply by linearizability or
+replica comparison, ack-before-fsync by the Raft core's own assertions after a crash), and
+so are raft:double-vote (election safety), raft:vote-stale-log (leader completeness),
+raft:reject-as-ack and raft:commit-backwards (core assertions). raft:stale-ack,
+raft:stale-read-ack, raft:commit-old-term and raft:lease-forever survive 100 seeds, as they
+survive the bare-Raft simulator: each needs a precise interleaving (see
+spindle/sim/mutations.py) that the Raft scenario tests pin down instead.
 """
 
 from __future__ import annotations

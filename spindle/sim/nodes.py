@@ -18,8 +18,24 @@ strong reads and all writes (kvmodel.py, linearizability.py), the promises of bo
 read-your-writes and eventual reads (promises.py), that every replica of every shard holds
 the same data once converged, and that no node raised an unexpected exception.
 
-``python -m spindle.sim.nodes --seeds 100 --faults all`` runs seeds; ``--seed N --trace``
-replays one with its trace.
+``python -m spindle.sim.nodes --seeds 100 --faults all`` (or ``python -m spindle.sim nodes
+...``) runs seeds, ``--jobs N`` in N processes; ``--seed N --trace`` replays one with its
+trace. A failure prints its kind, the evidence (for linearizability: the longest order
+found and the operation that cannot be placed, with the trace around it) and its replay
+command. tests/sim/test_nodes.py runs 50 seeds in CI.
+
+Measured at commit 1ff8c6c on 2 shared cores: ``python -m spindle.sim.nodes --seeds 1000
+--faults all --jobs 2``: 1,000 of 1,000 seeds passed in 272 s; 697,402 client operations
+(571,971 ok), 494,148 per-key strong operations checked for linearizability, 310,788
+bounded, read-your-writes and eventual reads checked; 17,531 simulated seconds.
+
+Found so far: joining nodes leave the founder out of the metadata group's membership (see
+``raftobserver.ObservedRaftHost.open_group``; worked around by default, the regression test
+is an expected failure until Spindle fixes it).
+
+Not covered yet: expiry timing (TTLs are long, so expire is exercised as a write, not as a
+race against skewed clocks), delete_range, keyspace creation, tenants and membership
+changes under faults (the cluster forms before faults start), a disk that loses synced data.
 """
 
 from __future__ import annotations

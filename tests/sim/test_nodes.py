@@ -92,6 +92,7 @@ def test_a_seed_replays_exactly_in_another_process() -> None:
         ("ack-before-fsync", {"linearizability", "node-error", "invariant", "divergence"}),
         ("corrupt-apply-n3", {"divergence", "linearizability", "promise"}),
         ("raft:vote-stale-log", {"invariant", "linearizability", "node-error"}),
+        ("raft:double-vote", {"invariant", "linearizability", "node-error"}),
     ],
 )
 def test_a_broken_promise_is_caught(mutation: str, kinds: set[str]) -> None:
