@@ -81,6 +81,8 @@ class RaftHost:
         self._next_tick_s = 0.0
         self._rng = random.Random(seed)
         self.closed = False
+        self.failure: BaseException | None = None
+        """Set when the Ready loop failed: the node no longer serves its groups."""
         self.passes = 0
         self.messages_sent = 0
         self.messages_received = 0
@@ -243,9 +245,19 @@ class RaftHost:
                 await self.run_pass()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("raft ready loop pass failed")
-                await asyncio.sleep(self.tick_s)
+            except Exception as error:
+                # A pass that fails leaves Readies half handled: no later pass could be
+                # trusted. Stop every group and report the node unhealthy (like a failed
+                # fsync); a supervisor restarts it from its disk.
+                log.exception("raft ready loop pass failed; the node stops serving")
+                self.fail(error)
+                return
+
+    def fail(self, error: BaseException) -> None:
+        self.failure = error
+        self.closed = True
+        for replica in self.replicas.values():
+            replica.fail_all(Unavailable(f"node {self.node_id} failed: {error!r}"))
 
     def collect(self) -> list[tuple[Replica, Ready]]:
         """Take the Ready of every group with work (step one of a pass)."""

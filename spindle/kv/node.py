@@ -140,9 +140,11 @@ class Node:
         secret: str | None = None,
         committer: GroupCommitter | None = None,
         transport: Transport | None = None,
+        raft_seed: int | None = None,
     ) -> None:
         """`committer` and `transport` default to the real ones (fsync in a thread, TCP
-        to peers); the simulator passes its own."""
+        to peers); the simulator passes its own, and `raft_seed` for reproducible
+        election timeouts."""
         self.committer = committer if committer is not None else GroupCommitter(engine)
         self.engine = self.committer.engine
         """What the node reads and writes through: writes queue here and reach `engine`
@@ -157,7 +159,11 @@ class Node:
         self.secret = secret or new_token()
         self.transport: Transport | None = transport
         self.host = RaftHost(
-            node_id, self.committer, self._send_raft, address_of=self._address_detail
+            node_id,
+            self.committer,
+            self._send_raft,
+            address_of=self._address_detail,
+            seed=raft_seed,
         )
         self.catalog_state = CatalogState(
             self.engine, self.committer.write, self._on_catalog_change
@@ -244,9 +250,26 @@ class Node:
             await self._meta_propose(self._add_node_command())
             if DEFAULT_TENANT not in self.catalog.tenants:
                 await self._meta_propose(CreateTenant(DEFAULT_TENANT, ""))
+            self._compact_meta_log()
         elif not bootstrap and self.node_id not in self.catalog.nodes:
             self._tasks.append(asyncio.ensure_future(self._join_loop()))
         self._tasks.append(asyncio.ensure_future(self._maintain_loop()))
+
+    def _compact_meta_log(self) -> None:
+        """Keep the metadata group's log from starting at index 1, so that a joining node
+        (which starts with no state) is sent a snapshot: the catalog and the group's
+        membership. The founder's own membership exists only in its bootstrap state, not
+        as a log entry; replaying the log from the start would leave it out."""
+        meta = self.meta
+        storage = self.host.storages.get(META_GROUP_ID)
+        if meta is None or storage is None or storage.first_index() > 1:
+            return
+        applied = meta.applied_index
+        if applied < 1 or applied > storage.last_index():
+            return
+        batch = self.engine.new_batch()
+        storage.compact(batch, applied, meta.raw.status().conf_state)
+        self.committer.write(batch)
 
     def _add_node_command(self) -> AddNode:
         a = self.address
@@ -308,6 +331,7 @@ class Node:
             )
         )
         if request.node_id not in meta.raw.status().conf_state.voters:
+            self._compact_meta_log()  # the new voter must start from a snapshot
             try:
                 index = meta.raw.propose_conf_change(
                     ConfChange(ConfChangeType.ADD_VOTER, request.node_id)
@@ -351,6 +375,7 @@ class Node:
                     )
                     await self.transport.forward(leader, ADMIN_TENANT, join, bool)
         self._balance_leaders()
+        self._compact_meta_log()
         if meta is None or not meta.is_leader():
             return
         if (

@@ -549,6 +549,10 @@ class NodeServer:
         if method != "GET":
             return 405, "text/plain", b"only GET\n"
         if path == "/health":
+            failure = self.node.host.failure
+            if failure is not None:
+                body = json.dumps({"status": "failed", "error": repr(failure)}) + "\n"
+                return 503, "application/json", body.encode()
             return 200, "application/json", b'{"status": "ok"}\n'
         if path == "/status":
             return 200, "application/json", json.dumps(self.status(), indent=2).encode()

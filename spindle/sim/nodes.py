@@ -94,7 +94,7 @@ class NodeSimConfig:
     log_compact_entries: int = 40
     log_keep_entries: int = 10
     #: Work around the joiners' metadata membership bug (raftobserver.ObservedRaftHost).
-    meta_membership_workaround: bool = True
+    meta_membership_workaround: bool = False
     client: ClientConfig = dataclasses.field(default_factory=ClientConfig)
 
 

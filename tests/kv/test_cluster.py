@@ -143,6 +143,9 @@ def test_every_node_serves_every_key_and_replicas_agree(cluster: LoopCluster) ->
         await cluster.wait_converged()
         for node in cluster.nodes.values():
             assert node.status()["cluster"]["ready"] is True
+            # every node knows the founder is a voter of the metadata group (joiners
+            # start from a snapshot, not from a log that lacks its membership)
+            assert node.host.group_status(0)["voters"] == [1, 2, 3]
 
     cluster.run(scenario())
     for port in cluster.resp_ports:  # a plain Redis client on any node

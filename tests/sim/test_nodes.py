@@ -113,17 +113,9 @@ def test_a_failure_reports_its_replay_command(capsys: pytest.CaptureFixture[str]
     assert "c" in out.split("--- trace ---")[1]  # the trace around the unplaceable op
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Spindle bug: a node that joins starts its metadata-group replica with no "
-        "membership and learns it from the log, which lacks the founder (its membership is "
-        "only in node 1's bootstrap snapshot): joiners hold voters {2, 3}, and once node 1 "
-        "loses leadership of the metadata group it is excluded for good (it campaigns "
-        "forever; the catalog stops replicating to it)"
-    ),
-)
 def test_regression_joiners_learn_the_founder_of_the_metadata_group() -> None:
+    """Seed 1 found it: joiners replayed the metadata log from index 1, which lacks the
+    founder's membership, and held voters {2, 3}; they now start from a snapshot."""
     config = dataclasses.replace(NodeSimConfig(), meta_membership_workaround=False)
     result = run_seed(1, "all", config)
     assert result.ok, result.report()
