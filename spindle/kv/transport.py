@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -30,6 +31,9 @@ PEER_QUEUE_FRAMES_MAX = 256
 PEER_WRITE_BUFFER_BYTES_MAX = 4 << 20
 """Unsent bytes to one peer above which frames queue (and then drop) instead."""
 PEER_CONNECT_TIMEOUT_S = 1.0
+PEER_USER_TIMEOUT_S = 3.0
+"""A peer connection whose sent data is unacknowledged this long is dropped (and redialed):
+leaders heartbeat every 100 ms, so a silent peer is a gone peer."""
 PEER_BACKOFF_S_MIN = 0.05
 PEER_BACKOFF_S_MAX = 1.0
 """Reconnection backoff to a peer that is down: doubles from the min up to the max."""
@@ -77,10 +81,14 @@ class _Peer:
         if (
             writer is not None
             and not self.queue
+            and not writer.is_closing()
             and writer.transport.get_write_buffer_size() < PEER_WRITE_BUFFER_BYTES_MAX
         ):
-            writer.write(frame)
-            return
+            try:
+                writer.write(frame)
+                return
+            except (RuntimeError, OSError):  # closed under us: queue, the task reconnects
+                self.writer = None
         if len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
             self.queue.popleft()
             self.dropped_frames += 1
@@ -114,6 +122,7 @@ class _Peer:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(*address), PEER_CONNECT_TIMEOUT_S
         )
+        set_user_timeout(writer)
         closed = asyncio.ensure_future(_discard(reader))
         try:
             writer.write(p.frame(transport.hello()))
@@ -137,6 +146,17 @@ class _Peer:
             self.writer = None
             closed.cancel()
             writer.close()
+
+
+def set_user_timeout(writer: asyncio.StreamWriter) -> None:
+    """Fail the connection when sent data stays unacknowledged for PEER_USER_TIMEOUT_S
+    (Linux TCP_USER_TIMEOUT): after a partition the node reconnects within its backoff
+    instead of waiting out TCP's retransmission backoff (minutes)."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(PEER_USER_TIMEOUT_S * 1000))
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:
@@ -195,6 +215,11 @@ class PeerTransport:
             )
         except (OSError, TimeoutError) as error:
             raise NotSent(f"cannot reach {address[0]}:{address[1]}: {error}") from None
+        sock = opened.transport.get_extra_info("socket") if opened.transport else None
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if sock is not None and option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(PEER_USER_TIMEOUT_S * 1000))
         hello = await opened.send(self._hello())
         if hello.error is not None:
             raise error_from_code(hello.error.code, hello.error.message, hello.error.detail)
