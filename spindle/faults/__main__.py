@@ -1,0 +1,3 @@
+from spindle.faults.run import main
+
+raise SystemExit(main())
