@@ -6,6 +6,7 @@ processes while a nemesis crashes, pauses and partitions nodes; then the checks.
 - `workload`: asyncio clients (get / put / compare-and-set / delete on shared keys, plus
   unique-key writes whose acknowledgement must never be lost).
 - `nemesis`: SIGKILL + restart, SIGSTOP + SIGCONT, and network partitions.
+- `convergence`: do all replicas of every Raft group agree (from each node's /status)?
 - `netns`: each node in its own network namespace, for partitions without iptables.
 - `run`: the whole run (workload, nemesis, heal, convergence, checks) and its report;
   `python -m spindle.faults --seconds 240 [--netns]` for a long run by hand.

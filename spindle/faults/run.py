@@ -1,6 +1,6 @@
 """One fault run, start to verdict: workload + nemesis, heal, convergence, checks.
 
-    with fault_cluster(root, netns=False) as (cluster, network):
+    with fault_cluster(root, netns_on=False) as (cluster, network):
         report = asyncio.run(run_faults(cluster, FaultRunConfig(fault_seconds=15)))
     assert not report.problems(), report.summary()
 
@@ -19,6 +19,8 @@ healed, the clients run a little longer and stop. Then the checks:
 5. Availability: in every window in which one node was out (killed, paused, isolated,
    unplugged) for at least `window_min_s`, clients of the other nodes completed reads and
    writes.
+6. Recovery: after each fault the replicas converged within the nemesis's
+   `recover_timeout_s`; no node logged a failed Raft pass.
 
 `python -m spindle.faults --seconds 240 [--netns]` runs it by hand and prints the report.
 """
