@@ -271,6 +271,17 @@ class Node:
         storage.compact(batch, applied, meta.raw.status().conf_state)
         self.committer.write(batch)
 
+    def _join_request(self) -> p.Join:
+        a = self.address
+        return p.Join(
+            id=0,
+            node_id=a.node_id,
+            host=a.host,
+            port=a.port,
+            http_port=a.http_port,
+            resp_port=a.resp_port,
+        )
+
     def _add_node_command(self) -> AddNode:
         a = self.address
         return AddNode(a.node_id, a.host, a.port, a.http_port, a.resp_port)
@@ -292,15 +303,7 @@ class Node:
         until it answers yes."""
         assert self.join_address is not None and self.transport is not None
         address = self.join_address
-        a = self.address
-        request = p.Join(
-            id=0,
-            node_id=a.node_id,
-            host=a.host,
-            port=a.port,
-            http_port=a.http_port,
-            resp_port=a.resp_port,
-        )
+        request = self._join_request()
         while not self.host.closed:
             try:
                 await self.transport.forward(address, ADMIN_TENANT, request, bool)
@@ -363,17 +366,9 @@ class Node:
                 await self._meta_propose(self._add_node_command())
             elif meta.leader_id and self.transport is not None:
                 leader = self._peer_address(meta.leader_id)
-                if leader is not None:
-                    a = self.address
-                    join = p.Join(
-                        id=0,
-                        node_id=a.node_id,
-                        host=a.host,
-                        port=a.port,
-                        http_port=a.http_port,
-                        resp_port=a.resp_port,
-                    )
-                    await self.transport.forward(leader, ADMIN_TENANT, join, bool)
+                if leader is not None:  # a join also updates a known node's addresses
+                    request = self._join_request()
+                    await self.transport.forward(leader, ADMIN_TENANT, request, bool)
         self._balance_leaders()
         self._compact_meta_log()
         if meta is None or not meta.is_leader():
