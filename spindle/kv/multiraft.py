@@ -195,12 +195,14 @@ class RaftHost:
         if self._next_tick_s == 0.0:
             self._next_tick_s = now_s + self.tick_s
             return
+        if self._next_tick_s > now_s:
+            return  # the common case for a read: nothing due
         while self._next_tick_s <= now_s:
             self._next_tick_s += self.tick_s
             for replica in self.replicas.values():
                 replica.raw.tick()
                 self.wake(replica)
-        for replica in self.replicas.values():
+        for replica in self.replicas.values():  # once per tick, not per read
             replica.expire(now_s)
 
     # -- the loop -------------------------------------------------------------------------
