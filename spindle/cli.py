@@ -302,16 +302,22 @@ AdminTokenOpt = Annotated[
     typer.Option(
         "--admin-token",
         envvar="SPINDLE_ADMIN_TOKEN",
-        help="Admin token (default: from ./.spindle/credentials.json when present).",
+        help="Admin token (default: from ./.spindle/node1/credentials.json, written by "
+        "`make run`, or ./.spindle/credentials.json, when present).",
     ),
 ]
 
 
+CREDENTIALS_PATHS = (
+    os.path.join(".spindle", "node1", "credentials.json"),  # `make run`: node 1 bootstraps
+    os.path.join(".spindle", "credentials.json"),  # a standalone `spindle server`
+)
+
+
 def _admin(addr: str, admin_token: str | None) -> Any:
     token = admin_token
-    if token is None:
-        path = os.path.join(".spindle", "credentials.json")
-        if os.path.exists(path):
+    for path in CREDENTIALS_PATHS:
+        if token is None and os.path.exists(path):
             with open(path) as file:
                 token = json.load(file).get("admin")
     if token is None:
