@@ -114,10 +114,43 @@ def test_batching_engine_reads_its_queued_writes_and_flushes_once() -> None:
     assert engine.get(CF.DATA, b"gone") is None
     assert engine.get(CF.DATA, b"old") == b"1"
     assert inner.get(CF.DATA, b"a") is None, "nothing reached the engine yet"
-    assert engine.queued == 5
+    assert engine.queued == 4, "the applied record written twice is queued once"
     assert engine.get(CF.META, b"applied") == b"y", "other families flush first"
     assert inner.get(CF.DATA, b"a") == b"x" and engine.flushes == 1
     assert inner.unsynced_batches == 2, "one engine write for the whole group"
+
+
+def test_batching_engine_keeps_the_last_write_of_a_key_and_orders_ranges() -> None:
+    from spindle.kv.storage.batching import BatchingEngine
+
+    inner = MemoryEngine()
+    engine = BatchingEngine(inner)
+    for ops in (
+        [("put", b"k", b"1")],
+        [("del", b"k", b"")],
+        [("put", b"k", b"2"), ("put", b"j", b"1")],
+        [("del", b"j", b"")],
+    ):
+        batch = engine.new_batch()
+        for kind, key, value in ops:
+            if kind == "put":
+                batch.put(CF.DATA, key, value)
+            else:
+                batch.delete(CF.DATA, key)
+        engine.write(batch)
+    assert engine.queued == 2
+    engine.flush()
+    assert inner.get(CF.DATA, b"k") == b"2" and inner.get(CF.DATA, b"j") is None
+    # A range in a batch is applied in the batch's order: before a later put, after an
+    # earlier one.
+    batch = engine.new_batch()
+    batch.put(CF.DATA, b"a", b"gone")
+    batch.delete_range(CF.DATA, b"a", b"z")
+    batch.put(CF.DATA, b"m", b"kept")
+    engine.write(batch)
+    assert engine.get(CF.DATA, b"a") is None and engine.get(CF.DATA, b"k") is None
+    assert engine.get(CF.DATA, b"m") == b"kept"
+    assert inner.get(CF.DATA, b"m") == b"kept"
 
 
 def test_batching_engine_scans_and_ranges_see_everything() -> None:

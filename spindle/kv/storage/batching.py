@@ -4,9 +4,12 @@
 the data-family values in an overlay, so that reads see them at once); `flush` hands all
 queued operations to the engine as one write batch. The group committer flushes right
 before each fsync, so a group of N requests costs one engine write instead of N (the
-design's "one engine write batch, one fsync"). Scans and reads of other families flush
-first, so they never miss a queued write. Memory is bounded by the group: what arrives
-while one fsync runs.
+design's "one engine write batch, one fsync"). Within the group only the last write of each
+key reaches the engine (the write is atomic, so nothing could observe the earlier ones):
+each entry's applied-index record, rewritten by every entry of a shard, costs one engine
+write per group instead of one per entry. Scans and reads of other families flush first, so
+they never miss a queued write. Memory is bounded by the group: what arrives while one
+fsync runs.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class BatchingEngine:
 
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
-        self._queued: list[_Op] = []
+        self._queued: dict[tuple[CF, bytes], tuple[int, bytes]] = {}
+        """(family, key) -> (kind, value) of the last queued write of each key."""
         self._overlay: dict[bytes, bytes | None] = {}
         """Data-family keys written since the last flush: value, or None if deleted."""
         self.flushes = 0
@@ -56,23 +60,40 @@ class BatchingEngine:
     def write(self, batch: WriteBatch) -> None:
         assert isinstance(batch, QueuedBatch), "a batch from another engine"
         overlay = self._overlay
-        for op in batch.ops:
-            kind, cf, key, value = op
+        queued = self._queued
+        ops = batch.ops
+        for kind, cf, key, value in ops:
             if kind == _DELETE_RANGE:
-                # A range cannot live in the overlay: write everything through now.
-                self._queued.extend(batch.ops)
+                # A range cannot live in the overlay (nor be coalesced): write what is
+                # queued (this batch's ops before the range too: rewritten below, no
+                # harm), then the whole batch in its own order.
                 self.flush()
+                self._write_through(ops)
                 return
             if cf is CF.DATA:
                 overlay[key] = value if kind == _PUT else None
-        self._queued.extend(batch.ops)
+            queued[cf, key] = (kind, value)
 
     def flush(self) -> None:
         """Hand every queued operation to the engine as one atomic write."""
         if not self._queued:
             return
         batch = self.inner.new_batch()
-        for kind, cf, key, value in self._queued:
+        put = batch.put
+        delete = batch.delete
+        for (cf, key), (kind, value) in self._queued.items():
+            if kind == _PUT:
+                put(cf, key, value)
+            else:
+                delete(cf, key)
+        self.inner.write(batch)
+        self._queued = {}
+        self._overlay = {}
+        self.flushes += 1
+
+    def _write_through(self, ops: list[_Op]) -> None:
+        batch = self.inner.new_batch()
+        for kind, cf, key, value in ops:
             if kind == _PUT:
                 batch.put(cf, key, value)
             elif kind == _DELETE:
@@ -80,7 +101,6 @@ class BatchingEngine:
             else:
                 batch.delete_range(cf, key, value)
         self.inner.write(batch)
-        self._queued = []
         self._overlay = {}
         self.flushes += 1
 
