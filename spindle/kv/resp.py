@@ -457,7 +457,9 @@ class RespConnection(asyncio.Protocol):
             log.exception("request %r failed", type(request).__name__)
             done(None, Internal(f"{type(failure).__name__}: {failure}"))
             return
-        if isinstance(result, asyncio.Future) or asyncio.iscoroutine(result):
+        if isinstance(result, asyncio.Future):
+            result.add_done_callback(functools.partial(self._completed, done))
+        elif asyncio.iscoroutine(result):
             future = asyncio.ensure_future(result)
             future.add_done_callback(functools.partial(self._completed, done))
         else:

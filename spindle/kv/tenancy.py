@@ -161,15 +161,18 @@ class QuotaEnforcer:
     def __init__(self, clock_s: Callable[[], float]) -> None:
         self.clock_s = clock_s
         self._buckets: dict[tuple[str, str | None], _Buckets] = {}
+        self._limited: set[str] = set()
+        """Tenants with any quota: the others are admitted without a bucket lookup."""
         self.usage: dict[str, TenantUsage] = {}
 
     def set_quota(self, tenant: str, quota: Quota | None, keyspace: str | None = None) -> None:
         key = (tenant, keyspace)
         if quota is None:
             self._buckets.pop(key, None)
-            return
-        quota.check()
-        self._buckets[key] = _Buckets(quota, self.clock_s(), self._buckets.get(key))
+        else:
+            quota.check()
+            self._buckets[key] = _Buckets(quota, self.clock_s(), self._buckets.get(key))
+        self._limited = {limited for limited, _ in self._buckets}
 
     def quota(self, tenant: str, keyspace: str | None = None) -> Quota | None:
         found = self._buckets.get((tenant, keyspace))
@@ -182,6 +185,8 @@ class QuotaEnforcer:
         return usage
 
     def _scopes(self, tenant: str, keyspace: str | None) -> list[_Buckets]:
+        if tenant not in self._limited:
+            return []
         scopes = []
         found = self._buckets.get((tenant, None))
         if found is not None:
