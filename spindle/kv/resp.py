@@ -37,6 +37,7 @@ from spindle.kv.errors import (
     NotFound,
     SpindleError,
 )
+from spindle.kv.node import is_pending
 from spindle.kv.resp_codec import (
     NULL_RESP2,
     NULL_RESP3,
@@ -457,14 +458,14 @@ class RespConnection(asyncio.Protocol):
             log.exception("request %r failed", type(request).__name__)
             done(None, Internal(f"{type(failure).__name__}: {failure}"))
             return
-        if isinstance(result, asyncio.Future):
-            result.add_done_callback(functools.partial(self._completed, done))
-        elif asyncio.iscoroutine(result):
-            future = asyncio.ensure_future(result)
-            future.add_done_callback(functools.partial(self._completed, done))
-        else:
+        if not is_pending(result):
             self._inflight -= 1
             done(result, None)
+        elif isinstance(result, asyncio.Future):
+            result.add_done_callback(functools.partial(self._completed, done))
+        else:
+            future = asyncio.ensure_future(result)
+            future.add_done_callback(functools.partial(self._completed, done))
 
     def after_dispatch(self) -> None:
         """Called once per dispatcher turn for connections that ran requests."""

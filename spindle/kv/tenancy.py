@@ -199,8 +199,9 @@ class QuotaEnforcer:
 
     def admit_write(self, tenant: str, keyspace: str | None, nbytes: int, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
-        now_s = self.clock_s()
-        for scope in self._scopes(tenant, keyspace):
+        scopes = self._scopes(tenant, keyspace)
+        now_s = self.clock_s() if scopes else 0.0
+        for scope in scopes:
             self._take(usage, scope.write_ops, ops, now_s, "write ops/s")
             self._take(usage, scope.write_bytes, nbytes, now_s, "write bytes/s")
         usage.write_ops += ops
@@ -208,8 +209,9 @@ class QuotaEnforcer:
 
     def admit_read(self, tenant: str, keyspace: str | None, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
-        now_s = self.clock_s()
-        for scope in self._scopes(tenant, keyspace):
+        scopes = self._scopes(tenant, keyspace)
+        now_s = self.clock_s() if scopes else 0.0
+        for scope in scopes:
             self._take(usage, scope.read_ops, ops, now_s, "read ops/s")
             if scope.read_bytes is not None:
                 wait_s = scope.read_bytes.wait_s(now_s)
@@ -220,8 +222,9 @@ class QuotaEnforcer:
     def charge_read_bytes(self, tenant: str, keyspace: str | None, nbytes: int) -> None:
         usage = self.tenant_usage(tenant)
         usage.read_bytes += nbytes
-        now_s = self.clock_s()
-        for scope in self._scopes(tenant, keyspace):
+        scopes = self._scopes(tenant, keyspace)
+        now_s = self.clock_s() if scopes else 0.0
+        for scope in scopes:
             if scope.read_bytes is not None:
                 scope.read_bytes.charge(nbytes, now_s)
 
