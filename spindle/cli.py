@@ -543,12 +543,15 @@ def bench_resp(
     seconds: Annotated[float, typer.Option(help="Duration of each measured cell.")] = 4.0,
     runs: Annotated[int, typer.Option(help="Repetitions; medians are printed.")] = 3,
     output: Annotated[str, typer.Option(help="JSON results.")] = "bench-results/resp.json",
+    floor: Annotated[
+        bool, typer.Option(help="Also measure a store-nothing uvloop server (the floor).")
+    ] = True,
 ) -> None:
     """redis-benchmark against Spindle's RESP port and a redis-server with appendfsync
     always (equal durability), side by side."""
     from spindle.bench.resp import main as resp_main
 
-    resp_main(seconds=seconds, runs=runs, output=output)
+    resp_main(seconds=seconds, runs=runs, output=output, floor=floor)
 
 
 @bench_app.command("functions")

@@ -162,6 +162,48 @@ def running(command: list[str], port: int, what: str) -> Iterator[subprocess.Pop
                 process.wait(10)
 
 
+def floor_server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "spindle.bench.respfloor", str(port)]
+
+
+def thread_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
+    """Per-thread (user, system) CPU seconds of process `pid`; empty where /proc is
+    missing."""
+    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[float, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+        found[int(tid)] = (int(fields[11]) * tick_s, int(fields[12]) * tick_s)
+    return found
+
+
+def cpu_per_request_us(
+    pid: int, before: dict[int, tuple[float, float]], requests: int
+) -> dict[str, float]:
+    """The main thread's user and system CPU, and the other threads' total, per request."""
+    after = thread_cpu_s(pid)
+    user_now, sys_now = after.get(pid, (0.0, 0.0))
+    user_then, sys_then = before.get(pid, (0.0, 0.0))
+    main_user, main_sys = user_now - user_then, sys_now - sys_then
+    others = sum(
+        sum(now) - sum(before.get(tid, (0.0, 0.0))) for tid, now in after.items() if tid != pid
+    )
+    scale = 1e6 / max(1, requests)
+    return {
+        "main_user_us": main_user * scale,
+        "main_sys_us": main_sys * scale,
+        "other_threads_us": others * scale,
+    }
+
+
 def redis_benchmark(port: int, op: str, pipeline: int, requests: int) -> dict[str, float]:
     """One redis-benchmark run: {rps, avg_ms, p50_ms, p99_ms}."""
     command = [
@@ -206,6 +248,7 @@ def measure(port: int, op: str, pipeline: int, seconds: float) -> dict[str, floa
     requests = max(CALIBRATION_REQUESTS * pipeline, int(calibration["rps"] * seconds))
     result = redis_benchmark(port, op, pipeline, requests)
     result["requests"] = requests
+    result["calibration_requests"] = CALIBRATION_REQUESTS * pipeline
     return result
 
 
@@ -213,8 +256,10 @@ def main(
     seconds: float = 4.0,
     runs: int = 1,
     output: str = "bench-results/resp.json",
+    floor: bool = True,
 ) -> dict[str, Any]:
-    """Run every cell against both servers `runs` times; print medians and ratios."""
+    """Run every cell against both servers (and the floor) `runs` times; print medians
+    and ratios."""
     ensure_tools()
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="spindle-bench-resp-") as tmp:
@@ -223,19 +268,32 @@ def main(
         spindle_dir.mkdir()
         redis_dir.mkdir()
         spindle_port, resp_port, redis_port = free_port(), free_port(), free_port()
+        floor_port = free_port()
         with (
             running(
                 spindle_server_command(str(spindle_dir), spindle_port, resp_port),
                 resp_port,
                 "spindle",
-            ),
+            ) as spindle_process,
             running(redis_server_command(str(redis_dir), redis_port), redis_port, "redis-server"),
+            running(floor_server_command(floor_port), floor_port, "floor")
+            if floor
+            else contextlib.nullcontext(),
         ):
             for run in range(runs):
                 for op, pipeline in CELLS:
                     cell = f"{op.upper()} -P {pipeline}" if pipeline > 1 else op.upper()
-                    for server, port in (("spindle", resp_port), ("redis", redis_port)):
+                    servers = [("spindle", resp_port), ("redis", redis_port)]
+                    if floor and pipeline == 1:
+                        servers.append(("floor", floor_port))
+                    for server, port in servers:
+                        cpu_before = thread_cpu_s(spindle_process.pid)
                         result = measure(port, op, pipeline, seconds)
+                        if server == "spindle":
+                            total = int(result["requests"] + result["calibration_requests"])
+                            result.update(
+                                cpu_per_request_us(spindle_process.pid, cpu_before, total)
+                            )
                         results.setdefault(cell, {}).setdefault(server, []).append(result)
                         console.print(
                             f"run {run + 1}/{runs} {cell:<10} {server:<8} "
@@ -251,6 +309,7 @@ def main(
         "value_bytes": VALUE_BYTES,
         "random_keys": RANDOM_KEYS,
         "durability": "spindle: fsync per group commit; redis: appendonly yes, appendfsync always",
+        "floor": "spindle.bench.respfloor: uvloop + hiredis, canned +OK, stores nothing",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "cells": summary,
         "runs": results,
@@ -273,6 +332,12 @@ def summarize(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
             "spindle_p50_ms": statistics.median(r["p50_ms"] for r in by_server["spindle"]),
             "redis_p50_ms": statistics.median(r["p50_ms"] for r in by_server["redis"]),
         }
+        for key in ("main_user_us", "main_sys_us", "other_threads_us"):
+            values = [r[key] for r in by_server["spindle"] if key in r]
+            if values:
+                summary[cell][f"spindle_{key}"] = statistics.median(values)
+        if by_server.get("floor"):
+            summary[cell]["floor_rps"] = statistics.median(r["rps"] for r in by_server["floor"])
     return summary
 
 
@@ -296,6 +361,24 @@ def show(summary: dict[str, dict[str, float]], runs: int) -> None:
             f"{row['redis_p50_ms']:.2f} ms",
         )
     console.print(table)
+    costs = Table(title="where Spindle's time goes (medians)")
+    for column in ("cell", "floor/s", "main thread user", "main thread system", "other threads"):
+        costs.add_column(column, justify="right", no_wrap=True)
+    for cell, row in summary.items():
+        if "spindle_main_user_us" not in row:
+            continue
+        costs.add_row(
+            cell,
+            f"{row['floor_rps']:,.0f}" if "floor_rps" in row else "-",
+            f"{row['spindle_main_user_us']:.1f} us/req",
+            f"{row['spindle_main_sys_us']:.1f} us/req",
+            f"{row['spindle_other_threads_us']:.1f} us/req",
+        )
+    console.print(costs)
+    console.print(
+        "floor: a uvloop + hiredis server that answers +OK and stores nothing "
+        "(spindle.bench.respfloor); CPU from /proc, per request"
+    )
 
 
 if __name__ == "__main__":
