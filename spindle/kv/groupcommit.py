@@ -86,7 +86,7 @@ class GroupCommitter:
             self._syncing = False
             self._fail(error)
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         task = loop.run_in_executor(self._executor, self.engine.sync)
         task.add_done_callback(lambda done: self._synced(done, target))
 
