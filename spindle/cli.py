@@ -496,7 +496,15 @@ def status(
         )
     console.print(table)
     tenants = Table(
-        "tenant", "read ops", "write ops", "read B", "write B", "stored B", "throttled", "refused"
+        "tenant",
+        "read ops",
+        "write ops",
+        "read B",
+        "write B",
+        "stored B",
+        "throttled",
+        "refused",
+        "quota share",
     )
     columns = (
         "read_ops",
@@ -508,7 +516,8 @@ def status(
         "refused",
     )
     for name, usage in info.get("tenants", {}).items():
-        tenants.add_row(name, *(str(usage[column]) for column in columns))
+        share = f"{usage.get('quota_share', 1.0):.2f}"
+        tenants.add_row(name, *(str(usage[column]) for column in columns), share)
     console.print(tenants)
 
 

@@ -68,6 +68,14 @@ def _tenant_metrics(server: NodeServer) -> Iterator[Metric]:
         owned = [ks for ks in node.catalog.keyspaces.values() if ks.tenant == tenant]
         stored.add_metric([tenant], node.stored_bytes(owned))
     yield stored
+    share = GaugeMetricFamily(
+        "spindle_tenant_quota_share",
+        "Fraction of the tenant's rate quotas this node enforces (its part of the demand)",
+        labels=["tenant"],
+    )
+    for tenant in tenants:
+        share.add_metric([tenant], node.quotas.share(tenant))
+    yield share
 
 
 def render_metrics(server: NodeServer) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -87,6 +88,7 @@ from spindle.kv.tenancy import (
     ADMIN_TENANT,
     Quota,
     QuotaEnforcer,
+    demand_share,
     hash_token,
     new_token,
     token_matches,
@@ -100,6 +102,8 @@ MAX_DEFAULT_REPLICATION = 3
 """A cluster's default replication factor is min(this, its configured size)."""
 JOIN_RETRY_S = 0.5
 """Pause between a joining node's attempts to be added."""
+QUOTA_REPORT_STALE_S = 1.5
+"""A peer's quota demand report counts for this long (three maintenance intervals)."""
 MAINTAIN_INTERVAL_S = 0.5
 """How often a node checks for work (its catalog entry, leader balance; on the metadata
 leader, the default keyspace)."""
@@ -205,6 +209,7 @@ class Node:
             p.DeleteTenant: self._delete_tenant,
             p.RotateToken: self._rotate_token,
             p.Join: self._join,
+            p.QuotaReport: self._quota_report,
         }
         self.ops_served: dict[str, int] = {}
         self.forwarded_requests = 0
@@ -212,6 +217,11 @@ class Node:
         self._read_seq = 0
         self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._peer_demand: dict[int, tuple[float, dict[str, int]]] = {}
+        """Peer node -> (when received, its last QuotaReport's demand)."""
+        self._reports_in_flight: dict[int, asyncio.Future[Any]] = {}
+        """At most one QuotaReport on its way to each peer."""
+        self._reported_demand = False
         self.meta: Replica | None = None
         self.learned_addresses: dict[int, tuple[str, int]] = {}
 
@@ -379,6 +389,7 @@ class Node:
                 if leader is not None:  # a join also updates a known node's addresses
                     request = self._join_request()
                     await self.transport.forward(leader, ADMIN_TENANT, request, bool)
+        self._exchange_quota_demand()
         self._balance_leaders()
         self._compact_meta_log()
         if meta is None or not meta.is_leader():
@@ -397,6 +408,47 @@ class Node:
                     if_absent=True,
                 )
             )
+
+    def _exchange_quota_demand(self) -> None:
+        """Tell every peer how many requests each tenant with a quota sent here since the
+        last time, and enforce this node's share of those quotas: its part of the
+        tenant's demand across the cluster (`tenancy.demand_share`). A peer's report older
+        than `QUOTA_REPORT_STALE_S` no longer counts (a node that died stops claiming)."""
+        quotas = self.quotas
+        demand = quotas.take_demand()
+        if self.transport is None or len(self.catalog.nodes) < 2:
+            return
+        if demand or self._reported_demand:  # also once after demand stops: a zero
+            report = p.QuotaReport(id=0, node_id=self.node_id, demand=demand)
+            for node_id in self.catalog.nodes:
+                address = self._peer_address(node_id)
+                pending = self._reports_in_flight.get(node_id)
+                if node_id == self.node_id or address is None or pending is not None:
+                    continue
+                sent = asyncio.ensure_future(
+                    self.transport.forward(address, ADMIN_TENANT, report, bool)
+                )
+                self._reports_in_flight[node_id] = sent
+                sent.add_done_callback(functools.partial(self._report_done, node_id))
+        self._reported_demand = bool(demand)
+        now = self.host.now()
+        fresh = [
+            peer_demand
+            for received_at, peer_demand in self._peer_demand.values()
+            if now - received_at <= QUOTA_REPORT_STALE_S
+        ]
+        for tenant in quotas.limited_tenants:
+            share = demand_share(demand.get(tenant, 0), [d.get(tenant, 0) for d in fresh])
+            quotas.set_share(tenant, share)
+
+    def _report_done(self, node_id: int, sent: asyncio.Future[Any]) -> None:
+        self._reports_in_flight.pop(node_id, None)
+        if not sent.cancelled() and sent.exception() is not None:
+            log.debug("quota report to node %d: %s", node_id, sent.exception())
+
+    def _quota_report(self, tenant: str, request: p.QuotaReport) -> Result:
+        self._peer_demand[request.node_id] = (self.host.now(), dict(request.demand))
+        return True
 
     def _balance_leaders(self) -> None:
         """Hand each shard this node leads but is not the preferred leader of (its first
@@ -631,9 +683,9 @@ class Node:
         handler = self._handlers.get(kind)
         if handler is None:
             raise UnknownOperation(f"unknown operation {kind.__name__}")
-        if kind is p.Join:
+        if kind in PEER_REQUESTS:
             if not forwarded:
-                raise PermissionDenied("join is for cluster nodes (a peer connection)")
+                raise PermissionDenied(f"{kind.__name__} is for cluster nodes (a peer connection)")
             return handler(tenant, request)
         if kind in ADMIN_REQUESTS:
             if tenant != ADMIN_TENANT:
@@ -1253,6 +1305,7 @@ class Node:
                     "stored_bytes": self.stored_bytes(
                         [ks for ks in self.catalog.keyspaces.values() if ks.tenant == name]
                     ),
+                    "quota_share": self.quotas.share(name),
                 }
                 for name in sorted(self.catalog.tenants)
             },
@@ -1478,9 +1531,11 @@ ADMIN_REQUESTS: frozenset[type[p.Request]] = frozenset(
     {p.CreateTenant, p.ListTenants, p.SetQuota, p.DeleteTenant, p.RotateToken}
 )
 SHARED_REQUESTS: frozenset[type[p.Request]] = frozenset({p.Ping, p.Status})
+"""Requests both tenants and the administrator may make."""
 CATALOG_REQUESTS: frozenset[type[p.Request]] = ADMIN_REQUESTS | {p.CreateKeyspace}
 """Requests that change the catalog: proposed to the metadata group, through its leader."""
-"""Requests both tenants and the administrator may make."""
+PEER_REQUESTS: frozenset[type[p.Request]] = frozenset({p.Join, p.QuotaReport})
+"""Requests only another node may make (forwarded over an authenticated peer link)."""
 
 
 def _write_cost(request: p.KeyspaceRequest) -> tuple[int, int]:

@@ -231,6 +231,14 @@ class Join(Request, tag="join", kw_only=True, omit_defaults=True):
     resp_port: int = 0
 
 
+class QuotaReport(Request, tag="quota_report", kw_only=True):
+    """A node tells its peers how many requests each tenant with a quota sent it since its
+    last report, so that every node enforces its share of the tenant's quota."""
+
+    node_id: int
+    demand: dict[str, int]
+
+
 AnyRequest = (
     Ping
     | GetShardMap
@@ -257,6 +265,7 @@ AnyRequest = (
     | RaftMessages
     | Forwarded
     | Join
+    | QuotaReport
 )
 
 REQUEST_TYPES: tuple[type[Request], ...] = typing.get_args(AnyRequest)

@@ -8,6 +8,10 @@ its quota so that one tenant's spike cannot starve the rest. Here:
   wait, so the long-run rate holds.
 - `QuotaEnforcer`: per tenant (and optionally per keyspace) buckets for read/write ops and
   bytes per second. Over quota is `Throttled` with a retry-after, never a silent drop.
+  In a cluster each node enforces its *share* of a tenant's quota: the fraction of the
+  tenant's requests (over the last exchange interval) that arrived at this node, from the
+  demand counts the nodes exchange (`demand_share`). So the cluster as a whole admits about
+  the quota, however the tenant's clients spread over the nodes.
 - `FairQueue`: deficit round robin across tenants, weighted by quota share, so that under
   overload a node serves tenants in proportion to their share.
 - Credentials: tokens are random, stored only as salted hashes.
@@ -116,15 +120,44 @@ class TokenBucket:
         self._refill(now_s)
         return 0.0 if self.level > 0 else (-self.level + 1e-9) / self.rate_per_s
 
+    def rescale(self, rate_per_s: float, burst_s: float, now_s: float) -> None:
+        """Change the rate at run time, keeping what the bucket holds (up to the new
+        capacity) and any debt."""
+        assert rate_per_s > 0
+        self._refill(now_s)
+        self.rate_per_s = rate_per_s
+        self.capacity = rate_per_s * burst_s
+        self.level = min(self.level, self.capacity)
+
+
+QUOTA_SHARE_MIN = 0.05
+"""The smallest share of a tenant's quota a node enforces, even when its peers report all
+of the tenant's recent demand: a node that starts receiving the tenant's requests is not
+shut out for a whole exchange interval. The cluster may admit up to this much extra per
+such node."""
+
+
+def demand_share(own: int, peers: list[int]) -> float:
+    """This node's share of a tenant's quota: its part of the tenant's demand (requests
+    arrived, admitted or not) in the last interval, at least `QUOTA_SHARE_MIN`; the whole
+    quota when nobody saw demand."""
+    total = own + sum(peers)
+    if total <= 0:
+        return 1.0
+    return max(QUOTA_SHARE_MIN, own / total)
+
 
 class _Buckets:
-    def __init__(self, quota: Quota, now_s: float, previous: _Buckets | None) -> None:
+    def __init__(
+        self, quota: Quota, now_s: float, previous: _Buckets | None, share: float = 1.0
+    ) -> None:
         self.quota = quota
+        self.share = share
 
         def bucket(rate: float | None, old: TokenBucket | None) -> TokenBucket | None:
             if rate is None:
                 return None
-            fresh = TokenBucket(rate, quota.burst_s, now_s)
+            fresh = TokenBucket(rate * share, quota.burst_s, now_s)
             if old is not None:  # a quota change keeps the tenant's current standing
                 fresh.level = min(fresh.capacity, old.level)
             return fresh
@@ -142,6 +175,18 @@ class _Buckets:
         self.write_bytes: TokenBucket | None = bucket(
             quota.write_bytes_per_s, old.write_bytes if old else None
         )
+
+    def set_share(self, share: float, now_s: float) -> None:
+        self.share = share
+        quota = self.quota
+        for bucket, rate in (
+            (self.read_ops, quota.read_ops_per_s),
+            (self.write_ops, quota.write_ops_per_s),
+            (self.read_bytes, quota.read_bytes_per_s),
+            (self.write_bytes, quota.write_bytes_per_s),
+        ):
+            if bucket is not None and rate is not None:
+                bucket.rescale(rate * share, quota.burst_s, now_s)
 
 
 class TenantUsage(msgspec.Struct):
@@ -164,6 +209,10 @@ class QuotaEnforcer:
         self._limited: set[str] = set()
         """Tenants with any quota: the others are admitted without a bucket lookup."""
         self.usage: dict[str, TenantUsage] = {}
+        self._shares: dict[str, float] = {}
+        """Tenant -> the share of its quotas this node enforces (absent: all of them)."""
+        self._demand: dict[str, int] = {}
+        """Tenant -> requests (admitted or not) since `take_demand`, for limited tenants."""
 
     def set_quota(self, tenant: str, quota: Quota | None, keyspace: str | None = None) -> None:
         key = (tenant, keyspace)
@@ -171,8 +220,35 @@ class QuotaEnforcer:
             self._buckets.pop(key, None)
         else:
             quota.check()
-            self._buckets[key] = _Buckets(quota, self.clock_s(), self._buckets.get(key))
+            share = self._shares.get(tenant, 1.0)
+            self._buckets[key] = _Buckets(quota, self.clock_s(), self._buckets.get(key), share)
         self._limited = {limited for limited, _ in self._buckets}
+
+    @property
+    def limited_tenants(self) -> set[str]:
+        return self._limited
+
+    def take_demand(self) -> dict[str, int]:
+        """Requests per limited tenant since the last call (then starts counting anew)."""
+        demand, self._demand = self._demand, {}
+        return demand
+
+    def share(self, tenant: str) -> float:
+        return self._shares.get(tenant, 1.0)
+
+    def set_share(self, tenant: str, share: float) -> None:
+        """Enforce `share` (0..1] of the tenant's quotas on this node from now on."""
+        assert 0 < share <= 1, share
+        if share == self._shares.get(tenant, 1.0):
+            return
+        if share == 1.0:
+            self._shares.pop(tenant, None)
+        else:
+            self._shares[tenant] = share
+        now_s = self.clock_s()
+        for (owner, _), buckets in self._buckets.items():
+            if owner == tenant:
+                buckets.set_share(share, now_s)
 
     def quota(self, tenant: str, keyspace: str | None = None) -> Quota | None:
         found = self._buckets.get((tenant, keyspace))
@@ -200,7 +276,10 @@ class QuotaEnforcer:
     def admit_write(self, tenant: str, keyspace: str | None, nbytes: int, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
         scopes = self._scopes(tenant, keyspace)
-        now_s = self.clock_s() if scopes else 0.0
+        now_s = 0.0
+        if scopes:
+            now_s = self.clock_s()
+            self._demand[tenant] = self._demand.get(tenant, 0) + ops
         for scope in scopes:
             self._take(usage, scope.write_ops, ops, now_s, "write ops/s")
             self._take(usage, scope.write_bytes, nbytes, now_s, "write bytes/s")
@@ -210,7 +289,10 @@ class QuotaEnforcer:
     def admit_read(self, tenant: str, keyspace: str | None, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
         scopes = self._scopes(tenant, keyspace)
-        now_s = self.clock_s() if scopes else 0.0
+        now_s = 0.0
+        if scopes:
+            now_s = self.clock_s()
+            self._demand[tenant] = self._demand.get(tenant, 0) + ops
         for scope in scopes:
             self._take(usage, scope.read_ops, ops, now_s, "read ops/s")
             if scope.read_bytes is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,12 +18,14 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from spindle.kv import protocol as p
 from spindle.kv.client import AsyncClient
 from spindle.kv.errors import InvalidArgument
-from spindle.kv.node import Node
+from spindle.kv.node import Node, is_pending
 from spindle.kv.resp import RespServer
 from spindle.kv.server import NodeServer
 from spindle.kv.storage import RocksEngine
+from spindle.kv.tenancy import ADMIN_TENANT, Quota
 from tests.conftest import free_port
 
 T = TypeVar("T")
@@ -227,3 +230,65 @@ def test_the_cluster_survives_a_node_and_catches_it_up_by_snapshot(
         assert values == [b"v%d" % i for i in range(300)]
 
     cluster.run(scenario(), timeout_s=120)
+
+
+def test_a_tenants_quota_holds_for_the_whole_cluster(cluster: LoopCluster) -> None:
+    """Each node enforces its share of a tenant's quota (its part of the tenant's demand,
+    exchanged between nodes), so RESP clients on all three nodes together get about the
+    quota, not three times it, while a client on one node alone still gets about all of
+    it."""
+    quota_per_s = 100.0
+
+    async def set_quota() -> None:
+        request = p.SetQuota(
+            id=0, tenant="default", quota=Quota(write_ops_per_s=quota_per_s, burst_s=0.5)
+        )
+        result = cluster.nodes[1].execute(ADMIN_TENANT, request)
+        if is_pending(result):
+            await result
+        while any(node.quotas.quota("default") is None for node in cluster.nodes.values()):
+            await asyncio.sleep(0.02)
+
+    cluster.run(set_quota())
+
+    unexpected: list[str] = []
+
+    def hammer(port: int, seconds: float, admitted: list[int]) -> None:
+        client = redis.Redis(port=port, socket_timeout=10)
+        deadline = time.monotonic() + seconds
+        count = 0
+        while time.monotonic() < deadline:
+            try:
+                client.set(b"q%d-%d" % (port, count), b"v")
+                count += 1
+            except redis.ResponseError as error:
+                # THROTTLED is the point; a shard changing leader may answer NOTLEADER
+                # or UNAVAILABLE for a moment.
+                if not str(error).startswith(("THROTTLED", "NOTLEADER", "UNAVAILABLE")):
+                    unexpected.append(str(error))
+                    break
+                time.sleep(0.002)
+        client.close()
+        admitted.append(count)
+
+    def run_on(ports: list[int], seconds: float) -> int:
+        admitted: list[int] = []
+        threads = [
+            threading.Thread(target=hammer, args=(port, seconds, admitted)) for port in ports
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 30)
+        assert not unexpected, unexpected
+        assert len(admitted) == len(ports)
+        return sum(admitted)
+
+    spread_s = 6.0
+    spread = run_on(cluster.resp_ports, spread_s)
+    # Each node alone would admit ~650 here (~1,950 in all); the shared quota ~600 plus
+    # the first exchange interval's start-up.
+    assert 0.6 * quota_per_s * spread_s <= spread <= 2 * quota_per_s * spread_s, spread
+    alone_s = 4.0
+    alone = run_on(cluster.resp_ports[1:2], alone_s)
+    assert 0.5 * quota_per_s * alone_s <= alone <= 1.25 * quota_per_s * alone_s + 50, alone

@@ -9,10 +9,12 @@ import pytest
 from spindle.kv.errors import InvalidArgument, Throttled
 from spindle.kv.tenancy import (
     DEFAULT_WEIGHT,
+    QUOTA_SHARE_MIN,
     FairQueue,
     Quota,
     QuotaEnforcer,
     TokenBucket,
+    demand_share,
     hash_token,
     new_token,
     token_matches,
@@ -50,6 +52,51 @@ def test_quota_enforcer_throttles_with_retry_after_and_counts() -> None:
     quotas.admit_write("b", "ks", 10**6), "no quota, no limit"
     now[0] = 0.2
     quotas.admit_write("a", "ks", 10)
+
+
+def test_demand_share_is_this_nodes_part_of_the_tenants_demand() -> None:
+    assert demand_share(0, []) == 1.0, "nobody saw demand: the whole quota"
+    assert demand_share(0, [0, 0]) == 1.0
+    assert demand_share(30, []) == 1.0
+    assert demand_share(30, [30, 30]) == pytest.approx(1 / 3)
+    assert demand_share(200, [100]) == pytest.approx(2 / 3)
+    assert demand_share(0, [500]) == QUOTA_SHARE_MIN, "never shut out entirely"
+
+
+def test_a_share_scales_every_bucket_of_the_tenant_and_survives_quota_changes() -> None:
+    now = [0.0]
+    quotas = QuotaEnforcer(lambda: now[0])
+    quotas.set_quota("a", Quota(write_ops_per_s=100, burst_s=1))
+    quotas.set_quota("a", Quota(write_ops_per_s=40, burst_s=1), keyspace="ks")
+    quotas.set_quota("b", Quota(write_ops_per_s=100, burst_s=1))
+    quotas.set_share("a", 0.25)
+    admitted = 0
+    for _ in range(100):
+        try:
+            quotas.admit_write("a", "other", 1)
+            admitted += 1
+        except Throttled:
+            pass
+    assert admitted == 25, "a quarter of the tenant's burst of 100"
+    assert sum(1 for _ in range(10) if _admits(quotas, "a", "ks")) == 0, "its keyspace too"
+    now[0] = 1.0
+    assert sum(1 for _ in range(40) if _admits(quotas, "a", "ks")) == 10, "40/s x 0.25"
+    assert all(_admits(quotas, "b", "ks") for _ in range(100)), "another tenant: whole quota"
+    quotas.set_quota("a", Quota(write_ops_per_s=200, burst_s=1))  # rebuilt at the share
+    now[0] = 10.0
+    assert sum(1 for _ in range(200) if _admits(quotas, "a", "other")) == 50
+    assert quotas.take_demand() == {"a": 350, "b": 100}, "requests arrived, admitted or not"
+    assert quotas.take_demand() == {}
+    quotas.set_share("a", 1.0)
+    assert quotas.share("a") == 1.0
+
+
+def _admits(quotas: QuotaEnforcer, tenant: str, keyspace: str) -> bool:
+    try:
+        quotas.admit_write(tenant, keyspace, 1)
+    except Throttled:
+        return False
+    return True
 
 
 def test_quota_changes_at_run_time_and_per_keyspace() -> None:
