@@ -254,6 +254,20 @@ class Replica:
         self.host.wake(self)
         return future
 
+    def _reissue_reads(self) -> None:
+        """Ask the new leader for the reads still waiting: a read sent while there was no
+        leader was dropped, and one sent to a leader that stepped down is lost. Asking
+        again is safe: any leader's answer is at least the commit index when the read
+        began. (A duplicate answer finds the read gone and is ignored.)"""
+        if not self._reads or not self.leader_id:
+            return
+        for ctx in list(self._reads):
+            try:
+                self.raw.read_index(ctx, use_lease=True)
+            except ReadDropped:
+                break  # the leader here is full; the reads time out as before
+        self.host.wake(self)
+
     async def _read_index(self) -> int:
         future = self._read_index_future()
         try:
@@ -271,7 +285,10 @@ class Replica:
         """After `ready` was persisted (and its messages sent): apply, answer, fence."""
         if ready.soft_state is not None:
             self.role = ready.soft_state.role
+            leader_changed = ready.soft_state.leader_id != self.leader_id
             self.leader_id = ready.soft_state.leader_id
+            if leader_changed and self.leader_id and self._reads:
+                self.host.loop.call_soon(self._reissue_reads)
         if ready.hard_state is not None:
             self.term = ready.hard_state.term
         if ready.snapshot is not None and not ready.snapshot.is_empty():
