@@ -378,6 +378,7 @@ class Node:
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
     async def _maintain(self) -> None:
+        self._exchange_quota_demand()  # first: a failure below must not skip an interval
         meta = self.meta
         catalog = self.catalog
         known = catalog.nodes.get(self.node_id)
@@ -389,7 +390,6 @@ class Node:
                 if leader is not None:  # a join also updates a known node's addresses
                     request = self._join_request()
                     await self.transport.forward(leader, ADMIN_TENANT, request, bool)
-        self._exchange_quota_demand()
         self._balance_leaders()
         self._compact_meta_log()
         if meta is None or not meta.is_leader():
