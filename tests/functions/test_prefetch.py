@@ -237,7 +237,10 @@ async def test_drain_hands_back_prefetched_calls_unstarted(
     fx: FunctionsClient, start_worker: Any, tmp_path: Path
 ) -> None:
     gate, marker = tmp_path / "gate", tmp_path / "starts"
-    first = await start_worker(slots=1, prefetch=2)
+    # A long lease: this test is about the hand-back, and a lease that expired while a
+    # loaded CI machine starved the heartbeat (once, with 2 s) would re-queue a call with
+    # its attempt counted.
+    first = await start_worker(slots=1, prefetch=2, lease_s=8.0)
     await _warm_up(fx, gate, marker)
     blocker = await fx.submit("gated", _args(gate, marker, "a"))
     await _until(_started(marker, ["warm", "a"]))
