@@ -188,8 +188,12 @@ async def test_prefetched_calls_run_by_deadline_and_keep_their_leases(
     urgent = await fx.submit("gated", _args(gate, marker, "urgent"), deadline=300)
     await _leased(fx, urgent)
     assert _starts(marker) == ["warm", "a"]
-    waiting = [r for r in worker.worker.running.values() if r.task is None]
-    assert len(waiting) == 2
+
+    async def both_prefetched() -> bool:
+        # The store shows a lease a moment before the worker has recorded it.
+        return len([r for r in worker.worker.running.values() if r.task is None]) == 2
+
+    await _until(both_prefetched)
     # Longer than the lease (2 s): the heartbeat renews prefetched leases too.
     await asyncio.sleep(2.5)
     gate.touch()
