@@ -47,7 +47,7 @@ class ThreadServer:
 
     async def _start(self) -> None:
         await self.node.ensure_default_keyspace()
-        self.credentials = await self.node.bootstrap_credentials()
+        self.credentials = await self.node.tenants.bootstrap_credentials()
         await self.node.committer.drain()
         await self.server.start()
 

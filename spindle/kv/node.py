@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import os
@@ -31,7 +30,6 @@ from spindle.kv.catalogstate import (
     CreateTenant,
     DeleteTenant,
     SetQuota,
-    SetToken,
     encode_command,
 )
 from spindle.kv.client import NotSent
@@ -80,19 +78,15 @@ from spindle.kv.shardmap import (
     NodeInfo,
     Partitioning,
     ShardInfo,
-    check_name,
 )
 from spindle.kv.statemachine import ShardState
 from spindle.kv.storage import CF, Engine
 from spindle.kv.tenancy import (
     ADMIN_TENANT,
-    Quota,
     QuotaEnforcer,
-    demand_share,
-    hash_token,
     new_token,
-    token_matches,
 )
+from spindle.kv.tenantadmin import TenantAdmin
 from spindle.kv.transport import PeerTransport, Transport
 from spindle.kv.values import Stored
 
@@ -102,8 +96,6 @@ MAX_DEFAULT_REPLICATION = 3
 """A cluster's default replication factor is min(this, its configured size)."""
 JOIN_RETRY_S = 0.5
 """Pause between a joining node's attempts to be added."""
-QUOTA_REPORT_STALE_S = 1.5
-"""A peer's quota demand report counts for this long (three maintenance intervals)."""
 MAINTAIN_INTERVAL_S = 0.5
 """How often a node checks for work (its catalog entry, leader balance; on the metadata
 leader, the default keyspace)."""
@@ -183,7 +175,8 @@ class Node:
             self.engine, self.committer.write, self._on_catalog_change
         )
         self.quotas = QuotaEnforcer(lambda: self.clock_ms() / 1000)
-        self._load_quotas()
+        self.tenants = TenantAdmin(self)
+        self.tenants.load_quotas()
         for keyspace, info in self.catalog.shards():
             if self.node_id in (info.replicas or (info.node_id,)):
                 self._open_shard(keyspace, info)
@@ -203,13 +196,13 @@ class Node:
             p.CreateKeyspace: self._create_keyspace,
             p.ListKeyspaces: self._list_keyspaces,
             p.Status: self._status,
-            p.CreateTenant: self._create_tenant,
-            p.ListTenants: self._list_tenants,
-            p.SetQuota: self._set_quota,
-            p.DeleteTenant: self._delete_tenant,
-            p.RotateToken: self._rotate_token,
+            p.CreateTenant: self.tenants.create_tenant,
+            p.ListTenants: self.tenants.list_tenants,
+            p.SetQuota: self.tenants.set_quota,
+            p.DeleteTenant: self.tenants.delete_tenant,
+            p.RotateToken: self.tenants.rotate_token,
             p.Join: self._join,
-            p.QuotaReport: self._quota_report,
+            p.QuotaReport: self.tenants.quota_report,
         }
         self.ops_served: dict[str, int] = {}
         self.forwarded_requests = 0
@@ -217,11 +210,6 @@ class Node:
         self._read_seq = 0
         self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._peer_demand: dict[int, tuple[float, dict[str, int]]] = {}
-        """Peer node -> (when received, its last QuotaReport's demand)."""
-        self._reports_in_flight: dict[int, asyncio.Future[Any]] = {}
-        """At most one QuotaReport on its way to each peer."""
-        self._reported_demand = False
         self.meta: Replica | None = None
         self.learned_addresses: dict[int, tuple[str, int]] = {}
 
@@ -233,12 +221,6 @@ class Node:
         self.address = msgspec.structs.replace(
             self.address, host=host, port=port, http_port=http_port or self.address.http_port
         )
-
-    def _load_quotas(self) -> None:
-        for tenant in self.catalog.tenants.values():
-            self.quotas.set_quota(tenant.name, tenant.quota)
-            for keyspace_name, quota in tenant.keyspace_quotas.items():
-                self.quotas.set_quota(tenant.name, quota, keyspace_name)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -252,7 +234,7 @@ class Node:
             self.transport = PeerTransport(
                 self.node_id,
                 self.secret,
-                self._peer_address,
+                self.peer_address,
                 lambda: (self.address.host, self.address.port),
                 self.host.peer_unreachable,
             )
@@ -266,10 +248,10 @@ class Node:
             self.host.wake(self.meta)
             await self._wait_meta_leader(timeout_s=10.0)
             factor = max(1, min(MAX_DEFAULT_REPLICATION, self.cluster_size))
-            await self._meta_propose(Configure(factor))
-            await self._meta_propose(self._add_node_command())
+            await self.meta_propose(Configure(factor))
+            await self.meta_propose(self._add_node_command())
             if DEFAULT_TENANT not in self.catalog.tenants:
-                await self._meta_propose(CreateTenant(DEFAULT_TENANT, ""))
+                await self.meta_propose(CreateTenant(DEFAULT_TENANT, ""))
             self._compact_meta_log()
         elif not bootstrap and self.node_id not in self.catalog.nodes:
             self._tasks.append(asyncio.ensure_future(self._join_loop()))
@@ -313,7 +295,7 @@ class Node:
                 raise Unavailable("the metadata group elected no leader")
             await asyncio.sleep(0.01)
 
-    async def _meta_propose(self, command: CatalogCommand) -> Any:
+    async def meta_propose(self, command: CatalogCommand) -> Any:
         assert self.meta is not None, "the node is not started"
         _, result = await self.meta.propose(encode_command(command))
         return result
@@ -348,7 +330,7 @@ class Node:
         assert meta is not None
         if not meta.is_leader():
             raise meta.not_leader("join")
-        await self._meta_propose(
+        await self.meta_propose(
             AddNode(
                 request.node_id, request.host, request.port, request.http_port, request.resp_port
             )
@@ -378,15 +360,15 @@ class Node:
             await asyncio.sleep(MAINTAIN_INTERVAL_S)
 
     async def _maintain(self) -> None:
-        self._exchange_quota_demand()  # first: a failure below must not skip an interval
+        self.tenants.exchange_quota_demand()  # first: a failure below must not skip it
         meta = self.meta
         catalog = self.catalog
         known = catalog.nodes.get(self.node_id)
         if known is not None and known != self.address and meta is not None:
             if meta.is_leader():
-                await self._meta_propose(self._add_node_command())
+                await self.meta_propose(self._add_node_command())
             elif meta.leader_id and self.transport is not None:
-                leader = self._peer_address(meta.leader_id)
+                leader = self.peer_address(meta.leader_id)
                 if leader is not None:  # a join also updates a known node's addresses
                     request = self._join_request()
                     await self.transport.forward(leader, ADMIN_TENANT, request, bool)
@@ -399,7 +381,7 @@ class Node:
             and f"{DEFAULT_TENANT}/{DEFAULT_KEYSPACE}" not in catalog.keyspaces
             and len(catalog.nodes) >= catalog.replication_factor
         ):
-            await self._meta_propose(
+            await self.meta_propose(
                 CreateKeyspace(
                     DEFAULT_TENANT,
                     DEFAULT_KEYSPACE,
@@ -408,47 +390,6 @@ class Node:
                     if_absent=True,
                 )
             )
-
-    def _exchange_quota_demand(self) -> None:
-        """Tell every peer how many requests each tenant with a quota sent here since the
-        last time, and enforce this node's share of those quotas: its part of the
-        tenant's demand across the cluster (`tenancy.demand_share`). A peer's report older
-        than `QUOTA_REPORT_STALE_S` no longer counts (a node that died stops claiming)."""
-        quotas = self.quotas
-        demand = quotas.take_demand()
-        if self.transport is None or len(self.catalog.nodes) < 2:
-            return
-        if demand or self._reported_demand:  # also once after demand stops: a zero
-            report = p.QuotaReport(id=0, node_id=self.node_id, demand=demand)
-            for node_id in self.catalog.nodes:
-                address = self._peer_address(node_id)
-                pending = self._reports_in_flight.get(node_id)
-                if node_id == self.node_id or address is None or pending is not None:
-                    continue
-                sent = asyncio.ensure_future(
-                    self.transport.forward(address, ADMIN_TENANT, report, bool)
-                )
-                self._reports_in_flight[node_id] = sent
-                sent.add_done_callback(functools.partial(self._report_done, node_id))
-        self._reported_demand = bool(demand)
-        now = self.host.now()
-        fresh = [
-            peer_demand
-            for received_at, peer_demand in self._peer_demand.values()
-            if now - received_at <= QUOTA_REPORT_STALE_S
-        ]
-        for tenant in quotas.limited_tenants:
-            share = demand_share(demand.get(tenant, 0), [d.get(tenant, 0) for d in fresh])
-            quotas.set_share(tenant, share)
-
-    def _report_done(self, node_id: int, sent: asyncio.Future[Any]) -> None:
-        self._reports_in_flight.pop(node_id, None)
-        if not sent.cancelled() and sent.exception() is not None:
-            log.debug("quota report to node %d: %s", node_id, sent.exception())
-
-    def _quota_report(self, tenant: str, request: p.QuotaReport) -> Result:
-        self._peer_demand[request.node_id] = (self.host.now(), dict(request.demand))
-        return True
 
     def _balance_leaders(self) -> None:
         """Hand each shard this node leads but is not the preferred leader of (its first
@@ -504,7 +445,7 @@ class Node:
         split_points: list[bytes] | None = None,
         replication_factor: int = 0,
     ) -> KeyspaceInfo:
-        result = await self._meta_propose(
+        result = await self.meta_propose(
             CreateKeyspace(tenant, name, shards, partitioning, split_points, replication_factor)
         )
         assert isinstance(result, KeyspaceInfo)
@@ -525,7 +466,7 @@ class Node:
             for keyspace in result:
                 self._drop_keyspace_data(keyspace)
         elif isinstance(command, Configure):
-            self._load_quotas()
+            self.tenants.load_quotas()
             for keyspace, info in self.catalog.shards():
                 if self.node_id in info.replicas and info.shard_id not in self.shards:
                     self._open_shard(keyspace, info)
@@ -579,7 +520,7 @@ class Node:
         if self.transport is not None:
             self.transport.send(node_id, envelopes)
 
-    def _peer_address(self, node_id: int) -> tuple[str, int] | None:
+    def peer_address(self, node_id: int) -> tuple[str, int] | None:
         info = self.catalog.nodes.get(node_id)
         if info is None:
             return self.learned_addresses.get(node_id)
@@ -755,104 +696,6 @@ class Node:
             for ks in keyspaces
             for s in ks.shards
             if s.shard_id in self.shards
-        )
-
-    # -- tenants -------------------------------------------------------------------------
-
-    async def bootstrap_credentials(self) -> dict[str, str]:
-        """Create the admin token and the default tenant's token if they do not exist yet
-        (on the metadata leader). Returns the tokens created (the only time they exist in
-        plain text)."""
-        created: dict[str, str] = {}
-        for name in (ADMIN_TENANT, DEFAULT_TENANT):
-            if name == ADMIN_TENANT and self.catalog.admin_token_hash:
-                continue
-            info = self.catalog.tenants.get(name)
-            if name != ADMIN_TENANT and (info is None or info.token_hash):
-                continue
-            token = new_token()
-            if await self._meta_propose(SetToken(name, hash_token(token), only_if_unset=True)):
-                created[name] = token
-        return created
-
-    def authenticate(self, tenant: str, token: str) -> bool:
-        if tenant == ADMIN_TENANT:
-            stored = self.catalog.admin_token_hash
-        else:
-            info = self.catalog.tenants.get(tenant)
-            stored = info.token_hash if info is not None else ""
-        ok = bool(stored) and token_matches(token, stored)
-        if not ok:
-            self._refuse(tenant)
-        return ok
-
-    def _create_tenant(self, tenant: str, request: p.CreateTenant) -> Result:
-        if request.quota is not None:
-            request.quota.check()
-        check_name("tenant", request.name)
-        return self._create_tenant_async(request.name, request.quota)
-
-    async def _create_tenant_async(self, name: str, quota: Quota | None) -> p.TenantCredentials:
-        """Every tenant starts with a `default` keyspace, so a new tenant can write at
-        once (over RESP, too)."""
-        token = new_token()
-        result = await self._meta_propose(CreateTenant(name, hash_token(token), quota))
-        if isinstance(result, SpindleError):
-            raise result
-        await self._meta_propose(
-            CreateKeyspace(
-                name, DEFAULT_KEYSPACE, DEFAULT_SHARDS, Partitioning.HASH, if_absent=True
-            )
-        )
-        return p.TenantCredentials(name, token)
-
-    def _rotate_token(self, tenant: str, request: p.RotateToken) -> Result:
-        if request.tenant != ADMIN_TENANT and request.tenant not in self.catalog.tenants:
-            raise NotFound(f"tenant {request.tenant!r} does not exist")
-        return self._rotate_token_async(request.tenant)
-
-    async def _rotate_token_async(self, name: str) -> p.TenantCredentials:
-        token = new_token()
-        await self._meta_propose(SetToken(name, hash_token(token)))
-        return p.TenantCredentials(name, token)
-
-    def _set_quota(self, tenant: str, request: p.SetQuota) -> Result:
-        if request.tenant not in self.catalog.tenants:
-            raise NotFound(f"tenant {request.tenant!r} does not exist")
-        if request.quota is not None:
-            request.quota.check()
-        if request.keyspace is not None and request.quota is not None:
-            self.catalog.keyspace(request.tenant, request.keyspace)
-        return self._set_quota_async(request)
-
-    async def _set_quota_async(self, request: p.SetQuota) -> p.TenantSummary:
-        await self._meta_propose(SetQuota(request.tenant, request.quota, request.keyspace))
-        return self._tenant_summary(request.tenant)
-
-    def _delete_tenant(self, tenant: str, request: p.DeleteTenant) -> Result:
-        if request.name == DEFAULT_TENANT:
-            raise InvalidArgument("the default tenant cannot be deleted")
-        if request.name not in self.catalog.tenants:
-            raise NotFound(f"tenant {request.name!r} does not exist")
-        return self._delete_tenant_async(request.name)
-
-    async def _delete_tenant_async(self, name: str) -> bool:
-        await self._meta_propose(DeleteTenant(name))
-        return True
-
-    def _list_tenants(self, tenant: str, request: p.ListTenants) -> Result:
-        return [self._tenant_summary(name) for name in sorted(self.catalog.tenants)]
-
-    def _tenant_summary(self, name: str) -> p.TenantSummary:
-        info = self.catalog.tenants[name]
-        owned = [ks for ks in self.catalog.keyspaces.values() if ks.tenant == name]
-        return p.TenantSummary(
-            name,
-            info.quota,
-            dict(info.keyspace_quotas),
-            sorted(ks.name for ks in owned),
-            self.stored_bytes(owned),
-            msgspec.structs.asdict(self.quotas.tenant_usage(name)),
         )
 
     # -- routing -------------------------------------------------------------------------

@@ -544,7 +544,7 @@ class RespConnection(asyncio.Protocol):
             tenant, secret = user.decode(), token.decode()
         except UnicodeDecodeError:
             return False
-        if not self.node.authenticate(tenant, secret):
+        if not self.node.tenants.authenticate(tenant, secret):
             return False
         self.tenant = tenant
         return True

@@ -88,7 +88,7 @@ async def serve(
         await node.start()
         credentials: dict[str, str] = {}
         if cluster.join is None:
-            credentials = save_credentials(data_dir, await node.bootstrap_credentials())
+            credentials = save_credentials(data_dir, await node.tenants.bootstrap_credentials())
         if standalone:
             await _listen(server, resp_server, node)
         await node.committer.drain()

@@ -235,7 +235,7 @@ class NodeProtocol(asyncio.Protocol):
             self._reply(request.id, result)
 
     def _authenticate(self, request: p.Auth) -> None:
-        if self.node.authenticate(request.tenant, request.token):
+        if self.node.tenants.authenticate(request.tenant, request.token):
             self.tenant = request.tenant
             self._reply(request.id, {"tenant": request.tenant})
         else:

@@ -78,7 +78,7 @@ class LoopCluster:
         server.resp = resp
         await node.start()
         if node_id == 1:
-            await node.bootstrap_credentials()
+            await node.tenants.bootstrap_credentials()
         self.nodes[node_id], self.servers[node_id] = node, server
         self.resp[node_id], self.engines[node_id] = resp, engine
 
