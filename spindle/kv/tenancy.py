@@ -273,13 +273,20 @@ class QuotaEnforcer:
                 scopes.append(found)
         return scopes
 
+    def _admission(
+        self, tenant: str, keyspace: str | None, ops: int
+    ) -> tuple[list[_Buckets], float]:
+        """The buckets a request is admitted against and the clock reading for them; counts
+        the request as demand (for the cluster-wide share) if the tenant has a quota."""
+        scopes = self._scopes(tenant, keyspace)
+        if not scopes:
+            return scopes, 0.0
+        self._demand[tenant] = self._demand.get(tenant, 0) + ops
+        return scopes, self.clock_s()
+
     def admit_write(self, tenant: str, keyspace: str | None, nbytes: int, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
-        scopes = self._scopes(tenant, keyspace)
-        now_s = 0.0
-        if scopes:
-            now_s = self.clock_s()
-            self._demand[tenant] = self._demand.get(tenant, 0) + ops
+        scopes, now_s = self._admission(tenant, keyspace, ops)
         for scope in scopes:
             self._take(usage, scope.write_ops, ops, now_s, "write ops/s")
             self._take(usage, scope.write_bytes, nbytes, now_s, "write bytes/s")
@@ -288,11 +295,7 @@ class QuotaEnforcer:
 
     def admit_read(self, tenant: str, keyspace: str | None, ops: int = 1) -> None:
         usage = self.tenant_usage(tenant)
-        scopes = self._scopes(tenant, keyspace)
-        now_s = 0.0
-        if scopes:
-            now_s = self.clock_s()
-            self._demand[tenant] = self._demand.get(tenant, 0) + ops
+        scopes, now_s = self._admission(tenant, keyspace, ops)
         for scope in scopes:
             self._take(usage, scope.read_ops, ops, now_s, "read ops/s")
             if scope.read_bytes is not None:
