@@ -113,6 +113,11 @@ HANDBACK_S_MAX = 10.0
 and handed back to the queue (one store write each); a call not handed back by then comes
 back when its lease expires, as after SIGKILL."""
 
+LEASE_FINISH_S_MAX = 5.0
+"""After the dispatcher stopped, how long its lease batch still in flight gets to finish (so
+its leases are handed back at once); leases of one that does not come back when they
+expire."""
+
 FINAL_FLUSH_S_MAX = 5.0
 """How long a stopping worker's last stats flush and status report may take."""
 
@@ -120,8 +125,15 @@ THREADS_JOIN_S_MAX = 1.0
 """How long a stopped worker waits for its thread pool; a blocking function still running
 then is abandoned (the process exits without it; its call was handed back)."""
 
-SHUTDOWN_S_MAX = 3 * STOP_TASK_S_MAX + HANDBACK_S_MAX + FINAL_FLUSH_S_MAX + THREADS_JOIN_S_MAX
+SHUTDOWN_S_MAX = (
+    3 * STOP_TASK_S_MAX
+    + LEASE_FINISH_S_MAX
+    + 2 * HANDBACK_S_MAX
+    + FINAL_FLUSH_S_MAX
+    + THREADS_JOIN_S_MAX
+)
 """Bound on a worker's shutdown besides the drain grace: the dispatcher, the background
-loops and any task left at exit each get `STOP_TASK_S_MAX`, plus the hand-back, the last
+loops and any task left at exit each get `STOP_TASK_S_MAX`, plus the dispatcher's last
+lease batch, the two hand-backs (prefetched calls, then calls still running), the last
 flush and the thread pool. A SIGTERMed `spindle worker` exits within `drain_s +
-SHUTDOWN_S_MAX` (31 s past the grace; milliseconds when the store answers)."""
+SHUTDOWN_S_MAX` (46 s past the grace; milliseconds when the store answers)."""

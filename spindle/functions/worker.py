@@ -206,6 +206,8 @@ class Worker:
         """Functions whose global slots were all taken at the last attempt, until when."""
         self._stopping = False
         """Set on stop: the dispatcher leases no more calls."""
+        self._leasing: asyncio.Task[int] | None = None
+        """The dispatcher's latest lease batch (see `_finish_leasing`)."""
         self._drained = False
         """Set after the drain: the background loops (heartbeat included: leases of draining
         calls are renewed) end at their next turn, even one that missed its cancel."""
@@ -278,6 +280,7 @@ class Worker:
             self._stopping = True
             self._slot_free.set()
             await stop_tasks([dispatcher], limits.STOP_TASK_S_MAX)
+            await self._finish_leasing()
             await self._drain()
             self._drained = True
             await stop_tasks(loops, limits.STOP_TASK_S_MAX)
@@ -302,6 +305,22 @@ class Worker:
             thread.join(max(0.0, give_up - time.monotonic()))
             alive += thread.is_alive()
         return alive
+
+    async def _finish_leasing(self) -> None:
+        """Wait (up to LEASE_FINISH_S_MAX) for a lease batch the stopped dispatcher left in
+        flight, so the calls it leases are handed back with the other prefetched ones."""
+        leasing = self._leasing
+        if leasing is None:
+            return
+        if not leasing.done():
+            await asyncio.wait([leasing], timeout=limits.LEASE_FINISH_S_MAX)
+        if not leasing.done():
+            log.warning(
+                "a lease batch took over %.1fs; its leases will expire", limits.LEASE_FINISH_S_MAX
+            )
+            await stop_tasks([leasing], limits.CANCEL_REPEAT_S)
+        elif not leasing.cancelled() and leasing.exception() is not None:
+            log.warning("the last lease batch failed: %s", leasing.exception())
 
     async def _drain(self) -> None:
         await self._hand_back_waiting()
@@ -487,6 +506,16 @@ class Worker:
                 self._release_ticket(registered.spec, ticket, Outcome.NEUTRAL, 0.0)
                 await self._release_slot(slot)
             return 0
+        # Shielded: a dispatcher cancelled (by a stop) while its lease batch is in flight must
+        # not lose leases the store granted; the drain waits for this task, then hands back.
+        leasing = self._leasing = asyncio.create_task(self._lease_taken(taken))
+        return await asyncio.shield(leasing)
+
+    async def _lease_taken(
+        self, taken: list[tuple[Entry, Registered, Ticket | None, tuple[bytes, int] | None]]
+    ) -> int:
+        """Lease the picked calls and record each lease as prefetched (started as slots free);
+        how many were leased."""
         # One lease batch per bucket. The args are written once at submit, so they are read
         # alongside (and thrown away if a lease is lost), saving a round trip per call.
         entries = [entry for entry, _, _, _ in taken]
