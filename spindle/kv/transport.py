@@ -23,11 +23,25 @@ from spindle.kv import protocol as p
 from spindle.kv.client import NotSent, _Connection
 from spindle.kv.errors import SpindleError, Unavailable, error_from_code
 from spindle.kv.multiraft import Envelope
+from spindle.kv.raft import Message
 
 log = logging.getLogger("spindle.transport")
 
 PEER_QUEUE_FRAMES_MAX = 256
 """Frames waiting for one peer; beyond it the oldest is dropped (Raft resends)."""
+PEER_QUEUE_BYTES_MAX = 64 << 20
+"""Bytes of the frames waiting for one peer; beyond it the oldest are dropped too."""
+PEER_FRAME_BYTES_TARGET = 4 << 20
+"""A pass's messages to one peer are cut into frames of about this many bytes. A follower
+catching up is sent many 1 MiB appends in one pass (tens of MB in all), and the receiving
+node refuses frames over `limits.FRAME_BYTES_MAX`: one frame per pass would never get
+through. A single message gets a frame of its own (at most one proposal, 8 MiB, or one
+snapshot chunk, plus headers)."""
+MESSAGE_OVERHEAD_BYTES = 1024
+"""Upper estimate of a Raft message's encoded size without its payload (~300 bytes at
+most, field names included; the rest covers snapshot metadata and the frame's header) ..."""
+ENTRY_OVERHEAD_BYTES = 64
+"""... and of one log entry's, without its data (~50 bytes at most)."""
 PEER_WRITE_BUFFER_BYTES_MAX = 4 << 20
 """Unsent bytes to one peer above which frames queue (and then drop) instead."""
 PEER_CONNECT_TIMEOUT_S = 1.0
@@ -41,6 +55,33 @@ FORWARD_TIMEOUT_S = 15.0
 """How long a forwarded request may take at the leader (above PROPOSAL_TIMEOUT_S)."""
 
 _encoder = msgspec.msgpack.Encoder()
+
+
+def message_bytes(message: Message) -> int:
+    """An upper estimate of `message`'s encoded size (its payloads plus fixed overheads)."""
+    size = MESSAGE_OVERHEAD_BYTES + len(message.snapshot_chunk) + len(message.context)
+    for entry in message.entries:
+        size += ENTRY_OVERHEAD_BYTES + len(entry.data)
+    return size
+
+
+def frames_of(envelopes: list[Envelope], target_bytes: int) -> list[list[Envelope]]:
+    """Cut one pass's envelopes to a peer into runs of about `target_bytes` each, in order
+    (a message larger than the target is a run of its own)."""
+    runs: list[list[Envelope]] = []
+    run: list[Envelope] = []
+    run_bytes = 0
+    for envelope in envelopes:
+        size = message_bytes(envelope[1])
+        if run and run_bytes + size > target_bytes:
+            runs.append(run)
+            run, run_bytes = [], 0
+        run.append(envelope)
+        run_bytes += size
+    if run:
+        runs.append(run)
+    return runs
+
 
 AddressOf = Callable[[int], tuple[str, int] | None]
 
@@ -71,6 +112,7 @@ class _Peer:
         self.transport = transport
         self.node_id = node_id
         self.queue: deque[bytes] = deque()
+        self.queue_bytes = 0
         self.dropped_frames = 0
         self.writer: asyncio.StreamWriter | None = None
         self.event = asyncio.Event()
@@ -89,11 +131,21 @@ class _Peer:
                 return
             except (RuntimeError, OSError):  # closed under us: queue, the task reconnects
                 self.writer = None
-        if len(self.queue) >= PEER_QUEUE_FRAMES_MAX:
-            self.queue.popleft()
+        while self.queue and (
+            len(self.queue) >= PEER_QUEUE_FRAMES_MAX
+            or self.queue_bytes + len(frame) > PEER_QUEUE_BYTES_MAX
+        ):
+            self.queue_bytes -= len(self.queue.popleft())
             self.dropped_frames += 1
         self.queue.append(frame)
+        self.queue_bytes += len(frame)
         self.event.set()
+
+    def _clear_queue(self) -> list[bytes]:
+        frames = list(self.queue)
+        self.queue.clear()
+        self.queue_bytes = 0
+        return frames
 
     async def _run(self) -> None:
         transport = self.transport
@@ -108,8 +160,7 @@ class _Peer:
                 log.debug("peer %d: %s", self.node_id, error)
             if transport.closed:
                 return
-            self.dropped_frames += len(self.queue)
-            self.queue.clear()
+            self.dropped_frames += len(self._clear_queue())
             transport.on_unreachable(self.node_id)
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, PEER_BACKOFF_S_MAX)
@@ -129,9 +180,7 @@ class _Peer:
             self.writer = writer
             while not transport.closed and not closed.done():
                 if self.queue:
-                    frames = list(self.queue)
-                    self.queue.clear()
-                    writer.write(b"".join(frames))
+                    writer.write(b"".join(self._clear_queue()))
                     await writer.drain()
                     continue
                 self.event.clear()
@@ -198,8 +247,9 @@ class PeerTransport:
         peer = self._peers.get(node_id)
         if peer is None:
             peer = self._peers[node_id] = _Peer(self, node_id)
-        body = _encoder.encode(p.RaftMessages(id=0, src=self.node_id, envelopes=envelopes))
-        peer.push(p.frame(body))
+        for run in frames_of(envelopes, PEER_FRAME_BYTES_TARGET):
+            body = _encoder.encode(p.RaftMessages(id=0, src=self.node_id, envelopes=run))
+            peer.push(p.frame(body))
 
     def dropped_frames(self) -> int:
         return sum(peer.dropped_frames for peer in self._peers.values())
