@@ -3,6 +3,7 @@
 from spindle.kv.raft.config import (
     LEASE_TICK_GRANULARITY_TICKS,
     MAX_CLOCK_DRIFT_RATIO,
+    MAX_INFLIGHT_BYTES,
     MAX_INFLIGHT_MSGS,
     MAX_MSG_BYTES,
     MAX_PENDING_READS,
@@ -44,6 +45,7 @@ from spindle.kv.raft.types import (
 __all__ = [
     "LEASE_TICK_GRANULARITY_TICKS",
     "MAX_CLOCK_DRIFT_RATIO",
+    "MAX_INFLIGHT_BYTES",
     "MAX_INFLIGHT_MSGS",
     "MAX_MSG_BYTES",
     "MAX_PENDING_READS",

@@ -10,6 +10,10 @@ from spindle.kv.raft.types import NodeId
 
 MAX_INFLIGHT_MSGS = 256
 """Append messages sent to one follower but not yet acknowledged (replicate state)."""
+MAX_INFLIGHT_BYTES = 32 << 20
+"""Payload bytes of append messages sent to one follower but not yet acknowledged: a
+follower catching up is streamed its backlog in windows of this size, not up to
+MAX_INFLIGHT_MSGS x MAX_MSG_BYTES (256 MiB) at once."""
 MAX_MSG_BYTES = 1 << 20
 """Payload bytes of entries in one append message (at least one entry is always sent)."""
 SNAPSHOT_CHUNK_BYTES = 1 << 20
@@ -71,6 +75,7 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     max_inflight_msgs: int = MAX_INFLIGHT_MSGS
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
     max_msg_bytes: int = MAX_MSG_BYTES
     snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES
     max_committed_bytes_per_ready: int = MAX_COMMITTED_BYTES_PER_READY
@@ -90,6 +95,7 @@ class Config:
         assert self.heartbeat_ticks > 0
         assert self.election_ticks > self.heartbeat_ticks, "election must outlast heartbeats"
         assert self.max_inflight_msgs > 0
+        assert self.max_inflight_bytes > 0
         assert self.max_msg_bytes > 0
         assert self.snapshot_chunk_bytes > 0
         assert 0 <= self.lease_margin_ticks < self.election_ticks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import enum
 
+from spindle.kv.raft.config import MAX_INFLIGHT_BYTES
 from spindle.kv.raft.types import NodeId, Snapshot
 
 
@@ -12,53 +13,66 @@ class ProgressState(enum.Enum):
     PROBE = "probe"
     """Follower's log position unknown: one append in flight at a time until it answers."""
     REPLICATE = "replicate"
-    """Follower is in sync: stream appends optimistically, up to max_inflight_msgs."""
+    """Follower is in sync: stream appends optimistically, up to max_inflight_msgs (and
+    max_inflight_bytes)."""
     SNAPSHOT = "snapshot"
     """Follower needs entries we compacted: send snapshot chunks, nothing else."""
 
 
 class Inflights:
-    """Last index of each append message sent but not yet acknowledged, oldest first."""
+    """Each append message sent but not yet acknowledged: its last index and payload bytes,
+    oldest first. Full at `capacity_msgs` messages or `capacity_bytes` bytes (the message
+    that crosses the byte budget is still sent, so one entry larger than it goes out)."""
 
-    def __init__(self, capacity_msgs: int) -> None:
-        assert capacity_msgs > 0
+    def __init__(self, capacity_msgs: int, capacity_bytes: int = MAX_INFLIGHT_BYTES) -> None:
+        assert capacity_msgs > 0 and capacity_bytes > 0
         self.capacity_msgs = capacity_msgs
-        self._last_indexes: collections.deque[int] = collections.deque()
+        self.capacity_bytes = capacity_bytes
+        self._sent: collections.deque[tuple[int, int]] = collections.deque()
+        self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._last_indexes)
+        return len(self._sent)
 
     def full(self) -> bool:
-        return len(self._last_indexes) >= self.capacity_msgs
+        return len(self._sent) >= self.capacity_msgs or self.bytes >= self.capacity_bytes
 
-    def add(self, last_index: int) -> None:
-        assert not self.full(), "append sent beyond max_inflight_msgs"
-        assert not self._last_indexes or last_index > self._last_indexes[-1]
-        self._last_indexes.append(last_index)
+    def add(self, last_index: int, size_bytes: int = 0) -> None:
+        assert not self.full(), "append sent beyond max_inflight_msgs / max_inflight_bytes"
+        assert not self._sent or last_index > self._sent[-1][0]
+        self._sent.append((last_index, size_bytes))
+        self.bytes += size_bytes
 
     def free_le(self, index: int) -> None:
         """Frees every message whose entries are all acknowledged by a match at ``index``."""
-        while self._last_indexes and self._last_indexes[0] <= index:
-            self._last_indexes.popleft()
+        while self._sent and self._sent[0][0] <= index:
+            self.bytes -= self._sent.popleft()[1]
 
     def free_first_one(self) -> None:
-        if self._last_indexes:
-            self._last_indexes.popleft()
+        if self._sent:
+            self.bytes -= self._sent.popleft()[1]
 
     def reset(self) -> None:
-        self._last_indexes.clear()
+        self._sent.clear()
+        self.bytes = 0
 
 
 class Progress:
     """What the leader knows of one peer's log."""
 
-    def __init__(self, next_index: int, max_inflight_msgs: int, is_learner: bool) -> None:
+    def __init__(
+        self,
+        next_index: int,
+        max_inflight_msgs: int,
+        is_learner: bool,
+        max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+    ) -> None:
         self.match_index = 0
         self.next_index = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
         """In PROBE: an append is outstanding, so wait for its answer (or a heartbeat's)."""
-        self.inflights = Inflights(max_inflight_msgs)
+        self.inflights = Inflights(max_inflight_msgs, max_inflight_bytes)
         self.is_learner = is_learner
         self.recent_active = False
         """Heard from within the current check-quorum period."""

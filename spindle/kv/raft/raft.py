@@ -19,7 +19,8 @@ Invariants the core asserts (an AssertionError means a bug here or a broken call
 - A leader lease is only trusted with check_quorum, after the leader committed an entry of
   its term, never once it sent TIMEOUT_NOW in the term, and with a margin no smaller than
   ``lease_margin_ticks_min`` for the configured clock drift (``lease_valid``).
-- Progress: in-flight appends never exceed max_inflight_msgs (``Inflights.add``).
+- Progress: in-flight appends never exceed max_inflight_msgs, nor max_inflight_bytes but
+  for the message that crosses it (``Inflights.add``).
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ class Raft:
                     next_index=pr.next_index,
                     state=pr.state.value,
                     inflight_msgs=len(pr.inflights),
+                    inflight_bytes=pr.inflights.bytes,
                     is_learner=pr.is_learner,
                     recent_active=pr.recent_active,
                 )
@@ -246,7 +248,12 @@ class Raft:
         self._reads_awaiting_commit = []
         last_index = self.log.last_index()
         for node_id, pr in list(self.progress.items()):
-            fresh = Progress(last_index + 1, self.config.max_inflight_msgs, pr.is_learner)
+            fresh = Progress(
+                last_index + 1,
+                self.config.max_inflight_msgs,
+                pr.is_learner,
+                self.config.max_inflight_bytes,
+            )
             if node_id == self.id:
                 fresh.match_index = last_index
             self.progress[node_id] = fresh
@@ -743,7 +750,7 @@ class Raft:
         if pr.state is ProgressState.REPLICATE:
             if entries:
                 pr.optimistic_update(entries[-1].index)
-                pr.inflights.add(entries[-1].index)
+                pr.inflights.add(entries[-1].index, sum(len(entry.data) for entry in entries))
         else:
             pr.probe_sent = True
         return True
@@ -861,7 +868,12 @@ class Raft:
         for node_id in voters | learners:
             pr = self.progress.get(node_id)
             if pr is None:
-                pr = Progress(next_index, self.config.max_inflight_msgs, node_id in learners)
+                pr = Progress(
+                    next_index,
+                    self.config.max_inflight_msgs,
+                    node_id in learners,
+                    self.config.max_inflight_bytes,
+                )
                 if node_id == self.id:
                     pr.match_index = next_index - 1
                 self.progress[node_id] = pr

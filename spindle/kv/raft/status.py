@@ -16,6 +16,7 @@ class ProgressStatus:
     state: str
     """"probe", "replicate" or "snapshot"."""
     inflight_msgs: int
+    inflight_bytes: int
     is_learner: bool
     recent_active: bool
 

@@ -211,6 +211,7 @@ class Network:
                 pre_vote=kw.get("prevote", "false") == "true",
                 check_quorum=kw.get("checkquorum", "false") == "true",
                 max_inflight_msgs=int(kw.get("max-inflight", "256")),
+                max_inflight_bytes=int(kw.get("max-inflight-bytes", str(32 << 20))),
                 max_msg_bytes=int(kw.get("max-msg-bytes", str(1 << 20))),
                 snapshot_chunk_bytes=int(kw.get("chunk-bytes", str(1 << 20))),
                 max_pending_reads=int(kw.get("max-pending-reads", "4096")),
