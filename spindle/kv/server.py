@@ -311,6 +311,17 @@ class NodeProtocol(asyncio.Protocol):
             body = _encoder.encode(p.Response(request_id, result))
         except (TypeError, msgspec.EncodeError) as error:
             body = _encoder.encode(_error_response(request_id, Internal(f"encode: {error}")))
+        if len(body) > limits.FRAME_BYTES_MAX:
+            # The client would refuse the frame and drop the connection (and every other
+            # request on it): answer this request alone with a clear error instead.
+            self._reply_error(
+                request_id,
+                TooLarge(
+                    f"the response would be {len(body)} bytes, over the frame limit of "
+                    f"{limits.FRAME_BYTES_MAX}; ask for fewer keys at a time"
+                ),
+            )
+            return
         self._out.append(_HEADER.pack(len(body)) + body)
         self._out_bytes += len(body)
 

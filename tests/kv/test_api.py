@@ -129,6 +129,23 @@ async def test_limits(kv: AsyncClient) -> None:
         await kv.put(b"big", b"v" * (limits.VALUE_BYTES_MAX + 1))
 
 
+async def test_a_response_over_the_frame_limit_is_an_error_not_a_lost_connection(
+    kv: AsyncClient,
+) -> None:
+    await kv.create_keyspace("one", shards=1)
+    value = b"v" * limits.VALUE_BYTES_MAX
+    keys = [b"big-%d" % i for i in range(limits.FRAME_BYTES_MAX // len(value) + 1)]
+    for key in keys:
+        await kv.put(key, value, keyspace="one")
+    # The client used to refuse the >16 MiB frame and drop the connection, failing every
+    # request on it; now the server answers this one with TooLarge.
+    other = asyncio.ensure_future(kv.get(keys[0], keyspace="one"))
+    with pytest.raises(TooLarge, match="response"):
+        await kv.multi_get(keys, keyspace="one")
+    assert await other == value
+    assert await kv.multi_get(keys[:2], keyspace="one") == [value, value]
+
+
 async def range_keyspace(kv: AsyncClient, name: str = "r") -> None:
     await kv.create_keyspace(name, partitioning="range", split_points=[b"d", b"m", b"t"])
 
