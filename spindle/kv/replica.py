@@ -14,11 +14,13 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from spindle.kv.errors import NotLeader, SpindleError, Timeout, Unavailable
+from spindle.kv.errors import NotLeader, SpindleError, Timeout, TooLarge, Unavailable
 from spindle.kv.raft import (
+    MAX_PROPOSAL_BYTES,
     NONE,
     ConfChange,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     ProposalDropped,
@@ -44,6 +46,11 @@ PENDING_READS_MAX = 65_536
 """Read fences one replica keeps waiting."""
 
 Finish = Callable[[int, Any], Any]
+
+_LEADERSHIP_DROPS = frozenset(
+    {DropReason.NO_LEADER, DropReason.NOT_LEADER, DropReason.TRANSFERRING_LEADERSHIP}
+)
+"""Proposal drops the client cures by asking the (new) leader: `NotLeader`."""
 
 
 def _pair(index: int, result: Any) -> tuple[int, Any]:
@@ -135,6 +142,13 @@ class Replica:
 
         Proposals made between two passes of the Ready loop enter the log together
         (`flush_proposals`): one append message per follower for all of them."""
+        if len(data) > MAX_PROPOSAL_BYTES:
+            # Refused here, alone: in the Ready loop's batch it would drop every proposal
+            # queued with it.
+            raise TooLarge(
+                f"the write is {len(data)} bytes as a log entry, over the limit of "
+                f"{MAX_PROPOSAL_BYTES}; split it into smaller writes"
+            )
         if len(self._proposals) + len(self._queued) >= PENDING_PROPOSALS_MAX:
             raise Unavailable(f"group {self.group_id}: too many proposals waiting")
         if self.raw.soft_state().role is not Role.LEADER:
@@ -152,9 +166,11 @@ class Replica:
         try:
             first = self.raw.propose_batch([data for data, _, _ in queued])
         except ProposalDropped as dropped:
-            error = self.host.not_leader(
+            error: SpindleError = self.host.not_leader(
                 self.group_id, dropped.leader_id or self.leader_id, "write"
             )
+            if dropped.reason not in _LEADERSHIP_DROPS:
+                error = Unavailable(f"group {self.group_id} dropped the write: {dropped}")
             for _, future, _ in queued:
                 if not future.done():
                     future.set_exception(error)
