@@ -18,6 +18,7 @@ import itertools
 import os
 import random
 import threading
+import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
@@ -45,7 +46,15 @@ T = TypeVar("T")
 DEFAULT_ADDRESS = "127.0.0.1:7379"
 DEFAULT_TIMEOUT_S = 10.0
 RETRY_BACKOFF_S = 0.05
-"""First pause before a retry; doubles per attempt."""
+"""First pause before a retry; doubles per attempt ..."""
+RETRY_BACKOFF_S_MAX = 0.5
+"""... up to this, so a client riding out an election tries again soon after it ends."""
+
+
+def retry_backoff_s(attempt: int) -> float:
+    """The pause before retry number `attempt` (1, 2, ...)."""
+    return min(RETRY_BACKOFF_S * 2.0**attempt, RETRY_BACKOFF_S_MAX)
+
 
 Item = Stored
 """A value with its version and expiry (expire_at_ms 0: never)."""
@@ -199,6 +208,7 @@ class AsyncClient:
         keyspace: str = "default",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int = limits.CLIENT_RETRIES_MAX,
+        retry_budget_s: float = limits.CLIENT_RETRY_BUDGET_S,
         tenant: str | None = None,
         token: str | None = None,
         consistency: str = "strong",
@@ -223,6 +233,7 @@ class AsyncClient:
         self.keyspace = keyspace
         self.timeout_s = timeout_s
         self.retries = retries
+        self.retry_budget_s = retry_budget_s
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[_Connection]] = {}
         self._maps: dict[str, _KeyspaceMap] = {}
@@ -309,7 +320,13 @@ class AsyncClient:
         its result, retrying on WrongShard, on NotLeader (the write was not applied: go
         where the hint points) and, when idempotent, on connection loss and Unavailable."""
         attempt = 0
+        retry_until_s = time.monotonic() + self.retry_budget_s
+        unreachable: set[tuple[str, int]] = set()
         any_replica = isinstance(request, p.ReadRequest) and request.consistency != "strong"
+
+        def may_retry() -> bool:
+            return attempt < self.retries and time.monotonic() < retry_until_s
+
         while True:
             address = self.seed
             if keyspace is not None and isinstance(request, p.KeyspaceRequest):
@@ -322,41 +339,50 @@ class AsyncClient:
             try:
                 response = await self._send(address, request)
             except NotSent:
-                if attempt >= self.retries:
+                if not may_retry():
                     raise
                 attempt += 1
+                unreachable.add(tuple(address))  # type: ignore[arg-type]
                 if keyspace is not None and route_key is not None and keyspace in self._maps:
                     self._maps[keyspace].skip(route_key, address)
-                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
+                await asyncio.sleep(retry_backoff_s(attempt))
                 continue
             except Unavailable:
-                if not idempotent or attempt >= self.retries:
+                if not idempotent or not may_retry():
                     raise
                 attempt += 1
-                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
+                await asyncio.sleep(retry_backoff_s(attempt))
                 continue
             if response.error is None:
                 return msgspec.msgpack.decode(response.result, type=result_type)
             error = error_from_code(
                 response.error.code, response.error.message, response.error.detail
             )
-            if isinstance(error, WrongShard) and keyspace is not None and attempt < self.retries:
+            if isinstance(error, WrongShard) and keyspace is not None and may_retry():
                 attempt += 1
                 self._update_map(keyspace, error.detail)
                 continue
-            if isinstance(error, NotLeader) and attempt < self.retries:
+            if isinstance(error, NotLeader) and may_retry():
                 attempt += 1
                 hint = error.detail.get("leader_id", 0) if isinstance(error.detail, dict) else 0
                 if keyspace is not None and route_key is not None and keyspace in self._maps:
                     self._maps[keyspace].shard(route_key).leader_id = hint
-                if not hint:
-                    await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)  # an election is on
+                named = self._address_of(keyspace, hint) if hint else None
+                if named is None or named == tuple(address) or named in unreachable:
+                    # An election is on, or the replica still names a leader that we asked
+                    # or could not reach: wait for the vote.
+                    await asyncio.sleep(retry_backoff_s(attempt))
                 continue
-            if isinstance(error, Unavailable) and idempotent and attempt < self.retries:
+            if isinstance(error, Unavailable) and idempotent and may_retry():
                 attempt += 1  # a replica too stale, or no leader yet: retry at the leader
-                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
+                await asyncio.sleep(retry_backoff_s(attempt))
                 continue
             raise error
+
+    def _address_of(self, keyspace: str | None, node_id: int) -> tuple[str, int] | None:
+        known = self._maps.get(keyspace) if keyspace is not None else None
+        address = known.nodes.get(str(node_id)) if known is not None else None
+        return (address[0], address[1]) if address is not None else None
 
     async def _map(self, keyspace: str) -> _KeyspaceMap:
         found = self._maps.get(keyspace)
@@ -847,7 +873,9 @@ class Client:
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        return future.result(self._timeout_s * (limits.CLIENT_RETRIES_MAX + 2))
+        # Retries stop after the budget, but the attempt under way may take a connect and a
+        # request timeout, and a backoff.
+        return future.result(limits.CLIENT_RETRY_BUDGET_S + 2 * self._timeout_s + 1.0)
 
     def __enter__(self) -> Client:
         return self

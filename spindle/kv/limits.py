@@ -42,8 +42,13 @@ TTL_MS_MAX = 100 * 365 * 24 * 3600 * 1000
 TTL_PURGE_KEYS_PER_PASS_MAX = 1_000
 """Most expired keys the background purger deletes per shard per pass."""
 
-CLIENT_RETRIES_MAX = 5
-"""Most times the client retries one idempotent request (WrongShard, connection loss)."""
+CLIENT_RETRIES_MAX = 20
+"""Most times the client retries one request (WrongShard, NotLeader, a node it cannot reach;
+Unavailable and connection loss only when the request is idempotent) ..."""
+
+CLIENT_RETRY_BUDGET_S = 5.0
+"""... and for how long after the first try: a leader failover (an election timeout of
+1-2 s, then a vote) fits well inside it, so a client rides it out."""
 
 CONNECTIONS_PER_NODE_MAX = 10_000
 """Client connections one node accepts at once (binary protocol and RESP together); the

@@ -4,13 +4,14 @@ on a loopback socket."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from spindle.kv import limits
 from spindle.kv import protocol as p
-from spindle.kv.client import AsyncClient
+from spindle.kv.client import RETRY_BACKOFF_S_MAX, AsyncClient, NotSent, retry_backoff_s
 from spindle.kv.errors import (
     AlreadyExists,
     Conflict,
@@ -19,7 +20,7 @@ from spindle.kv.errors import (
     TooLarge,
     WrongShard,
 )
-from tests.conftest import ThreadServer
+from tests.conftest import ThreadServer, free_port
 
 
 @pytest.fixture
@@ -144,6 +145,23 @@ async def test_a_response_over_the_frame_limit_is_an_error_not_a_lost_connection
         await kv.multi_get(keys, keyspace="one")
     assert await other == value
     assert await kv.multi_get(keys[:2], keyspace="one") == [value, value]
+
+
+async def test_the_client_retries_for_a_time_budget_bounded_in_count() -> None:
+    """Retries last `retry_budget_s` (enough to ride out a leader failover), with backoff
+    capped at RETRY_BACKOFF_S_MAX, and stop early at `retries`. (They were 5 retries with
+    backoff doubling to 1.6 s: 3.1 s, which a failover could outlast.)"""
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: every try is NotSent
+    started = time.monotonic()
+    with pytest.raises(NotSent):
+        await AsyncClient(address, retries=1_000, retry_budget_s=1.5).ping()
+    elapsed_s = time.monotonic() - started
+    assert 1.5 <= elapsed_s < 1.5 + RETRY_BACKOFF_S_MAX + 1.0
+    assert [retry_backoff_s(n) for n in (1, 2, 3, 4, 20)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    started = time.monotonic()
+    with pytest.raises(NotSent):
+        await AsyncClient(address, retries=2, retry_budget_s=60).ping()
+    assert time.monotonic() - started < 1.5  # 0.1 + 0.2 s of backoff
 
 
 async def range_keyspace(kv: AsyncClient, name: str = "r") -> None:
