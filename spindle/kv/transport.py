@@ -247,6 +247,10 @@ class PeerTransport:
         peer = self._peers.get(node_id)
         if peer is None:
             peer = self._peers[node_id] = _Peer(self, node_id)
+        body = _encoder.encode(p.RaftMessages(id=0, src=self.node_id, envelopes=envelopes))
+        if len(body) <= PEER_FRAME_BYTES_TARGET or len(envelopes) == 1:
+            peer.push(p.frame(body))  # the common case: one frame, encoded once
+            return
         for run in frames_of(envelopes, PEER_FRAME_BYTES_TARGET):
             body = _encoder.encode(p.RaftMessages(id=0, src=self.node_id, envelopes=run))
             peer.push(p.frame(body))
