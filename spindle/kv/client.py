@@ -18,7 +18,6 @@ import itertools
 import os
 import random
 import threading
-import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
@@ -320,12 +319,13 @@ class AsyncClient:
         its result, retrying on WrongShard, on NotLeader (the write was not applied: go
         where the hint points) and, when idempotent, on connection loss and Unavailable."""
         attempt = 0
-        retry_until_s = time.monotonic() + self.retry_budget_s
+        clock = asyncio.get_running_loop().time  # the loop's clock, as asyncio.sleep's
+        retry_until_s = clock() + self.retry_budget_s
         unreachable: set[tuple[str, int]] = set()
         any_replica = isinstance(request, p.ReadRequest) and request.consistency != "strong"
 
         def may_retry() -> bool:
-            return attempt < self.retries and time.monotonic() < retry_until_s
+            return attempt < self.retries and clock() < retry_until_s
 
         while True:
             address = self.seed
